@@ -1,0 +1,157 @@
+"""The `mimbench` command: plan, run and report ablation studies.
+
+    mimbench plan ablations/quickstart.yaml          what would run, what is done; runs nothing
+    mimbench run  ablations/quickstart.yaml          run what is not done, then write the report
+    mimbench report results/quickstart               tables and plots from finished runs
+
+Bad input stops with one line (file, key, allowed values) and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.config import ConfigError
+
+LAUNCH_FLAGS = {  # command-line flag -> launch key
+    "executor": "executor", "parallel": "parallel", "threads": "threads", "device": "device",
+    "timeout_min": "timeout_min", "partition": "partition", "gpus_per_node": "gpus_per_node",
+    "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb", "constraint": "constraint",
+    "account": "account", "qos": "qos", "data_root": "data_root",
+}
+
+
+def _add_launch_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("launch (override the spec's launch section)")
+    g.add_argument("--executor", choices=("debug", "local", "slurm"))
+    g.add_argument("--parallel", type=int, help="runs at a time (local) / array parallelism (slurm)")
+    g.add_argument("--threads", type=int, help="torch threads per run (default: cores / parallel)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--timeout-min", type=int)
+    g.add_argument("--partition")
+    g.add_argument("--gpus-per-node", type=int)
+    g.add_argument("--cpus-per-task", type=int)
+    g.add_argument("--mem-gb", type=float)
+    g.add_argument("--constraint")
+    g.add_argument("--account")
+    g.add_argument("--qos")
+    g.add_argument("--data-root", help="folder with the dataset (else $MIMBENCH_DATA, else Debian's)")
+
+
+def _launch_overrides(args) -> dict:
+    return {key: getattr(args, flag) for flag, key in LAUNCH_FLAGS.items() if getattr(args, flag, None) is not None}
+
+
+def _format_value(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def cmd_plan(args) -> int:
+    from bench.spec import load_study
+    from bench.store import RunFolder
+
+    study = load_study(args.spec, _launch_overrides(args))
+    out = Console()
+    statuses = {}
+    for run in study.runs:
+        folder = RunFolder(args.results, study.name, run.run_id)
+        statuses[run.run_id] = ("done" if folder.is_done() else "failed" if folder.error_path.exists()
+                                else "partial" if folder.metrics_path.exists() else "to do")
+    n_done = sum(s == "done" for s in statuses.values())
+    out.print(f"study [bold]{study.name}[/] ({study.path}): {study.description}".rstrip(": "))
+    out.print(f"{len(study.runs)} runs, {n_done} done, {len(study.runs) - n_done} to run; "
+              f"executor {study.launch['executor']}, results in {Path(args.results) / study.name}")
+    for axis in study.axes:
+        values = list(dict.fromkeys(_format_value(r.varying[axis]) for r in study.runs))
+        out.print(f"varies {axis}: {', '.join(values)}")
+    seeds = sorted({r.config["seed"] for r in study.runs})
+    out.print(f"seeds: {', '.join(map(str, seeds))}")
+    table = Table("run id", *study.axes, "seed", "status")
+    for run in study.runs:
+        table.add_row(run.run_id, *[_format_value(run.varying[a]) for a in study.axes], str(run.config["seed"]),
+                      statuses[run.run_id])
+    out.print(table)
+    return 0
+
+
+def _print_report(paths: dict, out: Console) -> None:
+    out.print(Path(paths["table_md"]).read_text())
+    out.print(f"wrote {paths['table_md']}, {paths['table_csv']}, {paths['plot']}")
+
+
+def cmd_run(args) -> int:
+    from bench.launch import launch_study
+    from bench.report import write_report
+    from bench.spec import load_study
+
+    study = load_study(args.spec, _launch_overrides(args))
+    err = Console(stderr=True)
+    total = len(study.runs)
+    err.print(f"study [bold]{study.name}[/]: {total} runs, executor {study.launch['executor']}")
+    outcome = launch_study(study, args.results, force=args.force, wait=not args.no_wait, console=err)
+    err.print(f"{len(outcome.done)} finished, {len(outcome.skipped)} already done (skipped), "
+              f"{len(outcome.failed)} failed" + (f", {len(outcome.submitted)} submitted" if outcome.submitted else ""))
+    for rid, line in outcome.failed.items():
+        err.print(f"[red]failed[/] {rid}: {line} (traceback in {Path(args.results) / study.name / rid / 'error.txt'})")
+    if not args.no_report and not outcome.submitted and (outcome.done or outcome.skipped):
+        _print_report(write_report(Path(args.results) / study.name, args.reports, study.description), Console())
+    return 1 if outcome.failed else 0
+
+
+def cmd_report(args) -> int:
+    from bench.report import write_report
+
+    study_dir = Path(args.study_dir)
+    if not study_dir.is_dir():
+        raise ConfigError("STUDY_DIR", f"{study_dir} is not a folder; allowed: results/<study>")
+    _print_report(write_report(study_dir, args.reports), Console())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mimbench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="print the runs a spec expands to and which are done")
+    p.add_argument("spec")
+    p.add_argument("--results", default="results")
+    _add_launch_flags(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("run", help="run what is not done yet, then write the report")
+    p.add_argument("spec")
+    p.add_argument("--results", default="results", help="results root (default: results)")
+    p.add_argument("--reports", default="reports", help="reports root (default: reports)")
+    p.add_argument("--force", action="store_true", help="rerun finished runs too")
+    p.add_argument("--no-wait", action="store_true", help="slurm: submit and return")
+    p.add_argument("--no-report", action="store_true")
+    _add_launch_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="write tables and plots for a study's finished runs")
+    p.add_argument("study_dir", help="results/<study>")
+    p.add_argument("--reports", default="reports")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"mimbench: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # e.g. a report over a study with no finished run
+        if "\n" in str(err):
+            raise
+        print(f"mimbench: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""Run configuration: the schema with the papers' defaults, model presets, validation, run id.
+
+A run config is a nested dict with the sections `data`, `model`, `masking`, `pretrain`,
+`evals` and a `seed`. `resolve()` validates a partial config and fills in every key — the
+model preset's numbers and the masking strategy's parameters included — so the resolved
+config alone says everything a run depends on. `run_id()` hashes it: a changed default
+changes the id, because the hash covers values, not overrides.
+
+Launch settings (executor, parallelism, SLURM resources, device, threads) live in a separate
+`launch` section: they decide where a run executes, not what it computes, so they are not
+hashed.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+class ConfigError(ValueError):
+    """Bad input. Its message is one line: where (file), which key, and what is allowed."""
+
+    def __init__(self, key: str, message: str, source: str | None = None):
+        self.key, self.source, self.detail = key, source, message
+        super().__init__(f"{source + ': ' if source else ''}{key}: {message}")
+
+    def at(self, source: str) -> "ConfigError":
+        return ConfigError(self.key, self.detail, source)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One leaf of the schema: its default, type, and allowed values."""
+
+    default: Any
+    kind: type
+    choices: tuple | Callable[[], tuple] | None = None
+    low: float | None = None
+    high: float | None = None
+    open_interval: bool = False  # True: low < x < high; False: low <= x <= high
+    nullable: bool = False
+    help: str = ""
+
+    def allowed(self) -> tuple | None:
+        return self.choices() if callable(self.choices) else self.choices
+
+    def describe(self) -> str:
+        if self.allowed() is not None:
+            return "one of " + ", ".join(map(str, self.allowed()))
+        parts = [self.kind.__name__]
+        if self.low is not None and self.high is not None:
+            op = "<" if self.open_interval else "<="
+            parts.append(f"{self.low} {op} x {op} {self.high}")
+        elif self.low is not None:
+            parts.append(f">= {self.low}")
+        if self.nullable:
+            parts.append("or null")
+        return " ".join(parts)
+
+    def check(self, key: str, value: Any) -> Any:
+        """Return the value normalised to this option's type, or raise ConfigError."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise ConfigError(key, f"must not be null; allowed: {self.describe()}")
+        value = _coerce(key, value, self.kind, self.describe())
+        allowed = self.allowed()
+        if allowed is not None and value not in allowed:
+            raise ConfigError(key, f"{value!r} is not allowed; allowed: {self.describe()}")
+        if self.low is not None and (value <= self.low if self.open_interval else value < self.low):
+            raise ConfigError(key, f"{value!r} is out of range; allowed: {self.describe()}")
+        if self.high is not None and (value >= self.high if self.open_interval else value > self.high):
+            raise ConfigError(key, f"{value!r} is out of range; allowed: {self.describe()}")
+        return value
+
+
+def _coerce(key: str, value: Any, kind: type, allowed: str) -> Any:
+    bad = ConfigError(key, f"{value!r} has the wrong type ({type(value).__name__}); allowed: {allowed}")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if kind is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if kind is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return list(value)
+    if not isinstance(value, kind):
+        raise bad
+    return value
+
+
+# ----------------------------------------------------------------------------- model presets
+# The encoder is a ViT (patch, width, depth, heads); the decoder is MAE's lightweight one.
+MODEL_PRESETS: dict[str, dict] = {
+    # Small images (Fashion-MNIST, CIFAR) on a CPU: 8x8 patches of 4 px at 32 px input.
+    "mae_vit_tiny_patch4": dict(patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0,
+                                decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=3),
+    # The CIFAR-sized ViT used for speed comparisons with the official code.
+    "mae_vit_small_patch4": dict(patch_size=4, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0,
+                                 decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4),
+    # The paper's sizes (MAE section 4), with its 512-wide, 8-deep decoder.
+    "mae_vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+    "mae_vit_large_patch16": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0,
+                                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+    "mae_vit_huge_patch14": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16, mlp_ratio=4.0,
+                                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
+}
+
+
+def _registry(module: str, name: str) -> Callable[[], tuple]:
+    """Choices read lazily from a registry module (avoids import cycles)."""
+    def names() -> tuple:
+        import importlib
+        return tuple(getattr(importlib.import_module(module), name))
+    return names
+
+
+_MODEL_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
+               "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
+
+# ----------------------------------------------------------------------------- the schema
+SCHEMA: dict = {
+    "seed": Option(0, int, low=0, help="seeds weights, data order, augmentation and masks"),
+    "data": {
+        "name": Option("fashion_mnist", str, choices=_registry("bench.data", "DATASETS")),
+        "img_size": Option(32, int, low=8, help="side of the model's input, in pixels"),
+        "train_limit": Option(None, int, low=1, nullable=True, help="use the first N training images"),
+        "test_limit": Option(None, int, low=1, nullable=True, help="use the first N held-out images"),
+        "augmentation": Option("crop_rand", str, choices=_registry("bench.augment", "AUGMENTATIONS"),
+                               help="pretraining augmentation (MAE Table 1e)"),
+    },
+    "model": {
+        "preset": Option("mae_vit_tiny_patch4", str, choices=tuple(MODEL_PRESETS)),
+        "patch_size": Option(None, int, low=1, nullable=True),
+        "embed_dim": Option(None, int, low=1, nullable=True),
+        "depth": Option(None, int, low=1, nullable=True),
+        "num_heads": Option(None, int, low=1, nullable=True),
+        "mlp_ratio": Option(None, float, low=0.0, nullable=True, open_interval=False),
+        "decoder_embed_dim": Option(None, int, low=1, nullable=True),
+        "decoder_depth": Option(None, int, low=1, nullable=True),
+        "decoder_num_heads": Option(None, int, low=1, nullable=True),
+    },
+    "masking": {
+        "strategy": Option("random", str, choices=_registry("bench.masking", "STRATEGIES")),
+        "ratio": Option(0.75, float, low=0.0, high=1.0, open_interval=True),
+        "params": Option({}, dict, help="the strategy's own parameters; defaults filled in"),
+    },
+    "pretrain": {  # MAE's pre-training recipe (paper, Table 8)
+        "epochs": Option(800, int, low=1),
+        "warmup_epochs": Option(40, int, low=0),
+        "batch_size": Option(4096, int, low=1, help="effective batch; lr = blr * batch_size / 256"),
+        "blr": Option(1.5e-4, float, low=0.0, open_interval=False),
+        "min_lr": Option(0.0, float, low=0.0),
+        "weight_decay": Option(0.05, float, low=0.0),
+        "beta1": Option(0.9, float, low=0.0, high=1.0),
+        "beta2": Option(0.95, float, low=0.0, high=1.0),
+        "target": Option("norm_pixel", str, choices=_registry("bench.targets", "TARGETS")),
+    },
+    "evals": {
+        "linear_probe": {  # MAE Table 10: LARS, blr 0.1, no weight decay, BN without affine
+            "enabled": Option(True, bool),
+            "epochs": Option(90, int, low=1),
+            "warmup_epochs": Option(10, int, low=0),
+            "batch_size": Option(16384, int, low=1),
+            "optimizer": Option("lars", str, choices=("lars", "sgd", "adamw")),
+            "blr": Option(0.1, float, low=0.0),
+            "weight_decay": Option(0.0, float, low=0.0),
+            "feature": Option("cls", str, choices=("cls", "avgpool"),
+                              help="which encoder output the probe reads"),
+            "augmentation": Option("crop_rand", str, choices=_registry("bench.augment", "AUGMENTATIONS"),
+                                   help="'none' lets the probe train on features computed once"),
+        },
+        "finetune": {  # MAE Table 9: AdamW, blr 1e-3, layer-wise lr decay 0.75
+            "enabled": Option(True, bool),
+            "epochs": Option(50, int, low=1),
+            "warmup_epochs": Option(5, int, low=0),
+            "batch_size": Option(1024, int, low=1),
+            "blr": Option(1e-3, float, low=0.0),
+            "min_lr": Option(1e-6, float, low=0.0),
+            "layer_decay": Option(0.75, float, low=0.0, high=1.0),
+            "weight_decay": Option(0.05, float, low=0.0),
+            "drop_path": Option(0.1, float, low=0.0, high=1.0),
+            "label_smoothing": Option(0.1, float, low=0.0, high=1.0),
+            "feature": Option("avgpool", str, choices=("cls", "avgpool")),
+            "augmentation": Option("crop_rand", str, choices=_registry("bench.augment", "AUGMENTATIONS")),
+        },
+    },
+}
+
+LAUNCH_SCHEMA: dict = {
+    "executor": Option("local", str, choices=("debug", "local", "slurm")),
+    "parallel": Option(1, int, low=1, help="runs at a time (local) / array parallelism (slurm)"),
+    "threads": Option(None, int, low=1, nullable=True, help="torch threads per run; null = cores / parallel"),
+    "device": Option("auto", str, choices=("auto", "cpu", "cuda")),
+    "data_root": Option(None, str, nullable=True, help="folder with the data; null = $MIMBENCH_DATA, then Debian's"),
+    "timeout_min": Option(60, int, low=1),
+    "partition": Option(None, str, nullable=True),
+    "gpus_per_node": Option(0, int, low=0),
+    "cpus_per_task": Option(None, int, low=1, nullable=True),
+    "mem_gb": Option(None, float, low=0.0, nullable=True),
+    "constraint": Option(None, str, nullable=True),
+    "account": Option(None, str, nullable=True),
+    "qos": Option(None, str, nullable=True),
+    "additional": Option({}, dict, help="raw sbatch options"),
+}
+
+
+def defaults(schema: dict = SCHEMA) -> dict:
+    """The schema's defaults as a plain nested dict."""
+    return {k: defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default) for k, v in schema.items()}
+
+
+def _check_tree(tree: Any, schema: dict, prefix: str) -> dict:
+    """Validate `tree` against `schema`; return a complete, normalised copy."""
+    if not isinstance(tree, dict):
+        raise ConfigError(prefix or "<top>", f"must be a mapping with keys {', '.join(schema)}")
+    unknown = [k for k in tree if k not in schema]
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(key, f"unknown key; allowed here: {', '.join(schema)}")
+    out = {}
+    for name, sub in schema.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if isinstance(sub, dict):
+            out[name] = _check_tree(tree.get(name, {}), sub, key)
+        else:
+            out[name] = sub.check(key, copy.deepcopy(tree.get(name, sub.default)))
+    return out
+
+
+def resolve(partial: dict | None) -> dict:
+    """Validate a (partial) run config and return the complete resolved config."""
+    cfg = _check_tree(partial or {}, SCHEMA, "")
+    model = cfg["model"]
+    preset = MODEL_PRESETS[model["preset"]]
+    for key in _MODEL_KEYS:
+        if model[key] is None:
+            model[key] = preset[key]
+    model["mlp_ratio"] = float(model["mlp_ratio"])
+    if cfg["data"]["img_size"] % model["patch_size"]:
+        raise ConfigError("data.img_size", f"{cfg['data']['img_size']} is not a multiple of "
+                          f"model.patch_size {model['patch_size']}")
+    for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
+        if model[width] % model[heads]:
+            raise ConfigError(f"model.{heads}", f"{model[heads]} does not divide model.{width} {model[width]}")
+    from bench import masking  # registry of strategies validates its own parameters
+    grid = cfg["data"]["img_size"] // model["patch_size"]
+    cfg["masking"]["params"] = masking.resolve_params(
+        cfg["masking"]["strategy"], cfg["masking"]["params"], cfg["masking"]["ratio"], (grid, grid))
+    for section in ("pretrain", "evals.linear_probe", "evals.finetune"):
+        node = cfg
+        for part in section.split("."):
+            node = node[part]
+        if node["warmup_epochs"] > node["epochs"]:
+            raise ConfigError(f"{section}.warmup_epochs",
+                              f"{node['warmup_epochs']} exceeds {section}.epochs {node['epochs']}")
+    return cfg
+
+
+def resolve_launch(partial: dict | None) -> dict:
+    return _check_tree(partial or {}, LAUNCH_SCHEMA, "launch")
+
+
+def canonical_json(cfg: dict) -> str:
+    return json.dumps(cfg, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def run_id(cfg: dict) -> str:
+    """12 hex digits of the SHA-256 of the resolved config (key order does not matter)."""
+    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:12]
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}; the strategy's params dict is flattened too."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(dotted, f"{part} is not a section")
+    node[parts[-1]] = value
+
+
+def is_known_key(dotted: str) -> bool:
+    """True for a dotted key naming a schema leaf (or a key inside masking.params)."""
+    node: Any = SCHEMA
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+        if isinstance(node, Option) and node.kind is dict:
+            return True  # deeper keys are checked by the owner of the dict
+    return isinstance(node, Option)

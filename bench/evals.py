@@ -1,0 +1,163 @@
+"""Evaluations of a pre-trained encoder on the held-out split: one registry.
+
+    linear_probe  frozen encoder in eval mode (no statistic moves), BatchNorm without affine +
+                  linear head, LARS (MAE section A.2). The feature — cls token or the average of
+                  the patch tokens — is a config key and goes into the result.
+    finetune      all weights, AdamW with layer-wise lr decay, drop path, label smoothing
+                  (MAE section A.3). The accuracy reported is the last epoch's, not the best.
+
+The encoder's weights load into timm's VisionTransformer, as the official code does.
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Callable
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from bench.augment import augment, normalize
+from bench.optim import LARS, layer_decay_groups, lr_at, scaled_lr, set_lr
+from bench.pretrain import epoch_generator
+
+POOL = {"cls": "token", "avgpool": "avg"}
+
+
+def build_vit(cfg: dict, encoder_state: dict, num_classes: int, in_chans: int, feature: str,
+              drop_path: float = 0.0) -> VisionTransformer:
+    """timm's ViT with the pre-trained encoder's weights; the head (and fc_norm for avgpool) is new."""
+    m = cfg["model"]
+    vit = VisionTransformer(img_size=cfg["data"]["img_size"], patch_size=m["patch_size"], in_chans=in_chans,
+                            num_classes=num_classes, embed_dim=m["embed_dim"], depth=m["depth"],
+                            num_heads=m["num_heads"], mlp_ratio=m["mlp_ratio"], qkv_bias=True,
+                            global_pool=POOL[feature], drop_path_rate=drop_path,
+                            norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    result = vit.load_state_dict(encoder_state, strict=False)
+    allowed_missing = {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
+    allowed_unexpected = {"norm.weight", "norm.bias"} if feature == "avgpool" else set()
+    if set(result.missing_keys) - allowed_missing or set(result.unexpected_keys) - allowed_unexpected:
+        raise RuntimeError(f"encoder weights do not fit timm's ViT: {result}")
+    return vit
+
+
+def _inputs(images: torch.Tensor, preset: str, img_size: int, dataset, gen) -> torch.Tensor:
+    return normalize(augment(images, preset, img_size, gen), dataset.mean, dataset.std)
+
+
+@torch.no_grad()
+def extract_features(vit: VisionTransformer, dataset, img_size: int, batch_size: int, device) -> tuple:
+    """Pooled, pre-head features of every image (no augmentation), with the labels."""
+    vit.eval()
+    feats, labels = [], []
+    for images, y in dataset.batches(batch_size, shuffle=False, seed=0, drop_last=False, device=device):
+        x = _inputs(images, "none", img_size, dataset, None)
+        feats.append(vit.forward_head(vit.forward_features(x), pre_logits=True))
+        labels.append(y)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(dim=1) == labels).float().mean().item()
+
+
+def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
+                 log: Callable[[dict], None] = lambda row: None) -> dict:
+    ecfg, img_size = cfg["evals"]["linear_probe"], cfg["data"]["img_size"]
+    torch.manual_seed(cfg["seed"])
+    vit = build_vit(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"]).to(device)
+    vit.requires_grad_(False)
+    vit.eval()  # frozen: no dropout, no statistics move
+    dim = vit.embed_dim
+    head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, train_set.num_classes))
+    nn.init.trunc_normal_(head[1].weight, std=0.01)
+    nn.init.zeros_(head[1].bias)
+    head.to(device)
+    batch_size = min(ecfg["batch_size"], len(train_set))
+    base_lr = scaled_lr(ecfg["blr"], batch_size)
+    if ecfg["optimizer"] == "lars":
+        optimizer = LARS(head.parameters(), lr=base_lr, weight_decay=ecfg["weight_decay"])
+    elif ecfg["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(head.parameters(), lr=base_lr, momentum=0.9, weight_decay=ecfg["weight_decay"])
+    else:
+        optimizer = torch.optim.AdamW(head.parameters(), lr=base_lr, weight_decay=ecfg["weight_decay"])
+    cached = ecfg["augmentation"] == "none"
+    start = time.perf_counter()
+    if cached:  # features computed once; the head trains on them
+        train_feats, train_labels = extract_features(vit, train_set, img_size, 512, device)
+    steps_per_epoch = len(train_set) // batch_size
+    criterion = nn.CrossEntropyLoss()
+    for epoch in range(ecfg["epochs"]):
+        head.train()
+        epoch_start, losses, seen = time.perf_counter(), [], 0
+        gen = epoch_generator(cfg["seed"], epoch, device, stream=1)
+        if cached:
+            order = torch.randperm(len(train_feats), generator=torch.Generator().manual_seed(
+                cfg["seed"] * 1_000_003 + epoch)).to(device)
+            batches = ((train_feats[idx], train_labels[idx]) for idx in order.split(batch_size)
+                       if len(idx) == batch_size)
+        else:
+            batches = ((vit.forward_head(vit.forward_features(_inputs(images, ecfg["augmentation"], img_size,
+                                                                        train_set, gen)), pre_logits=True), y)
+                       for images, y in train_set.batches(batch_size, shuffle=True, seed=cfg["seed"],
+                                                          epoch=epoch, drop_last=True, device=device))
+        for step, (feats, y) in enumerate(batches):
+            lr = lr_at(epoch + step / steps_per_epoch, base_lr, 0.0, ecfg["warmup_epochs"], ecfg["epochs"])
+            set_lr(optimizer, lr)
+            loss = criterion(head(feats), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+            seen += len(y)
+        log({"phase": "linear_probe", "epoch": epoch + 1, "loss": torch.stack(losses).mean().item(), "lr": lr,
+             "images_per_s": seen / (time.perf_counter() - epoch_start), "wall_s": time.perf_counter() - start})
+    head.eval()
+    test_feats, test_labels = extract_features(vit, test_set, img_size, 512, device)
+    with torch.no_grad():
+        acc = top1(head(test_feats), test_labels)
+    return {"top1": acc, "feature": ecfg["feature"], "cached_features": cached,
+            "wall_s": time.perf_counter() - start}
+
+
+def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
+             log: Callable[[dict], None] = lambda row: None) -> dict:
+    ecfg, img_size = cfg["evals"]["finetune"], cfg["data"]["img_size"]
+    torch.manual_seed(cfg["seed"])
+    vit = build_vit(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"],
+                    drop_path=ecfg["drop_path"])
+    nn.init.trunc_normal_(vit.head.weight, std=2e-5)
+    vit.to(device)
+    batch_size = min(ecfg["batch_size"], len(train_set))
+    base_lr = scaled_lr(ecfg["blr"], batch_size)
+    optimizer = torch.optim.AdamW(layer_decay_groups(vit, ecfg["weight_decay"], ecfg["layer_decay"]), lr=base_lr)
+    criterion = nn.CrossEntropyLoss(label_smoothing=ecfg["label_smoothing"])
+    steps_per_epoch = len(train_set) // batch_size
+    start = time.perf_counter()
+    for epoch in range(ecfg["epochs"]):
+        vit.train()
+        epoch_start, losses, seen = time.perf_counter(), [], 0
+        gen = epoch_generator(cfg["seed"], epoch, device, stream=2)
+        for step, (images, y) in enumerate(train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1,
+                                                             epoch=epoch, drop_last=True, device=device)):
+            lr = lr_at(epoch + step / steps_per_epoch, base_lr, ecfg["min_lr"], ecfg["warmup_epochs"], ecfg["epochs"])
+            set_lr(optimizer, lr)
+            loss = criterion(vit(_inputs(images, ecfg["augmentation"], img_size, train_set, gen)), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+            seen += len(y)
+        log({"phase": "finetune", "epoch": epoch + 1, "loss": torch.stack(losses).mean().item(), "lr": lr,
+             "images_per_s": seen / (time.perf_counter() - epoch_start), "wall_s": time.perf_counter() - start})
+    vit.eval()
+    correct, total = 0.0, 0
+    with torch.no_grad():
+        for images, y in test_set.batches(512, shuffle=False, seed=0, drop_last=False, device=device):
+            correct += top1(vit(_inputs(images, "none", img_size, test_set, None)), y) * len(y) / 100.0
+            total += len(y)
+    return {"top1": 100.0 * correct / total, "feature": ecfg["feature"], "wall_s": time.perf_counter() - start}
+
+
+EVALS = {"linear_probe": linear_probe, "finetune": finetune}

@@ -1,0 +1,99 @@
+"""Optimisation pieces of MAE's recipe: the lr schedule, weight-decay groups, layer-wise lr decay, LARS.
+
+- lr = blr × batch / 256, linear warmup then half-cycle cosine to min_lr, set every iteration.
+- Pre-training: AdamW on two groups — no weight decay for biases and 1-D parameters (norms).
+- Fine-tuning: layer-wise lr decay — block i gets lr × decay^(depth + 1 - (i + 1)), the
+  patch embedding, cls token and position embedding decay^(depth + 1), the head lr × 1.
+- Linear probing: LARS (layer-wise adaptive rate scaling, trust coefficient 0.001, no decay on
+  1-D parameters), as the paper uses for its large-batch probe.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def scaled_lr(blr: float, batch_size: int) -> float:
+    return blr * batch_size / 256
+
+
+def lr_at(epoch: float, base_lr: float, min_lr: float, warmup_epochs: float, epochs: float) -> float:
+    """Learning rate at a fractional epoch: linear warmup, then half-cycle cosine."""
+    if epoch < warmup_epochs:
+        return base_lr * epoch / warmup_epochs
+    progress = (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-12)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decay for weight matrices, none for biases and 1-D parameters (as timm/MAE)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """MAE's layer index for layer-wise decay: embeddings 0, block i → i + 1, the rest num_layers."""
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers
+
+
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float,
+                       no_weight_decay: tuple[str, ...] = ("pos_embed", "cls_token")) -> list[dict]:
+    """Parameter groups with lr_scale = layer_decay ** (num_layers - layer_id) (MAE's param_groups_lrd)."""
+    num_layers = len(model.blocks) + 1
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim == 1 or name in no_weight_decay
+        lid = layer_id(name, num_layers)
+        group = groups.setdefault((lid, no_decay), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr_scale": layer_decay ** (num_layers - lid)})
+        group["params"].append(param)
+    return list(groups.values())
+
+
+class LARS(torch.optim.Optimizer):
+    """LARS for the linear probe: SGD with momentum whose step per weight matrix is scaled by
+    trust_coefficient × ‖w‖ / ‖update‖; 1-D parameters (biases, norms) are not scaled or decayed."""
+
+    def __init__(self, params, lr=0.0, weight_decay=0.0, momentum=0.9, trust_coefficient=0.001):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                      trust_coefficient=trust_coefficient))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                update = p.grad
+                if p.ndim > 1:
+                    update = update.add(p, alpha=group["weight_decay"])
+                    param_norm, update_norm = torch.norm(p), torch.norm(update)
+                    one = torch.ones_like(param_norm)
+                    trust = torch.where(param_norm > 0.0,
+                                        torch.where(update_norm > 0, group["trust_coefficient"] * param_norm
+                                                    / update_norm, one), one)
+                    update = update * trust
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(group["momentum"]).add_(update)
+                p.add_(mu, alpha=-group["lr"])

@@ -1,0 +1,106 @@
+"""One run, end to end: pre-train, evaluate, write the result. This is what a job executes.
+
+`run_one` writes the resolved config first, appends a metrics line per epoch of every phase,
+and writes result.json last and atomically — the one file that marks the run done. A failure
+leaves error.txt (the traceback) in the run folder and no result.json.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+import timm
+import torch
+
+from bench.config import run_id as config_run_id
+from bench.data import load_dataset
+from bench.evals import EVALS
+from bench.pretrain import pretrain
+from bench.store import RunFolder
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit of the code that ran, with '-dirty' when the working tree had changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=10)
+        commit = head.stdout.strip() if head.returncode == 0 else ""
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit or "unknown") + ("-dirty" if dirty else "")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("launch.device is cuda but no CUDA device is visible")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_failure: bool = True) -> dict:
+    """Execute one run. Returns {'run_id', 'status': 'done'|'failed', ...}."""
+    rid = config_run_id(config)
+    folder = RunFolder(results_root, study, rid)
+    if launch.get("threads"):
+        torch.set_num_threads(launch["threads"])
+    folder.start(config)
+    try:
+        device = pick_device(launch.get("device", "auto"))
+        start = time.perf_counter()
+        data_root = launch.get("data_root")
+        train_set = load_dataset(config["data"], "train", data_root)
+        test_set = load_dataset(config["data"], "test", data_root)
+        log = folder.log_metrics
+        model, stats = pretrain(config, train_set, device, log)
+        encoder_state = model.encoder_state_dict()
+        n_params = sum(p.numel() for p in model.parameters())
+        n_params_encoder = sum(v.numel() for k, v in encoder_state.items() if k != "pos_embed")
+        del model
+        evals = {}
+        for name, evaluate in EVALS.items():
+            if config["evals"][name]["enabled"]:
+                evals[name] = evaluate(config, encoder_state, train_set, test_set, device, log)
+        result = {
+            "run_id": rid,
+            "study": study,
+            "finetune_top1": evals.get("finetune", {}).get("top1"),
+            "linear_probe_top1": evals.get("linear_probe", {}).get("top1"),
+            "linear_probe_feature": config["evals"]["linear_probe"]["feature"],
+            "finetune_feature": config["evals"]["finetune"]["feature"],
+            "evals": evals,
+            "pretrain_images_per_s": stats["images_per_s"],
+            "pretrain_wall_s": stats["wall_s"],
+            "pretrain_final_loss": stats["final_loss"],
+            "total_wall_s": time.perf_counter() - start,
+            "n_params": n_params,
+            "n_params_encoder": n_params_encoder,
+            "torch_version": torch.__version__,
+            "timm_version": timm.__version__,
+            "git_commit": git_commit(),
+            "device": device_name(device),
+            "host": platform.node(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        }
+        folder.write_result(result)
+        return {"run_id": rid, "status": "done", "result": result}
+    except Exception as err:
+        folder.write_error(traceback.format_exc())
+        if raise_on_failure:
+            raise
+        return {"run_id": rid, "status": "failed", "error": f"{type(err).__name__}: {err}"}

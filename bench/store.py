@@ -1,0 +1,125 @@
+"""The result store: one folder per run, written atomically.
+
+    results/<study>/<run_id>/
+        config.yaml     the resolved config (what the run id hashes)
+        metrics.jsonl   one JSON line per epoch and phase (loss, lr, images/s, wall time)
+        result.json     written last, atomically: its presence means the run is done
+        error.txt       the traceback of a failed attempt (removed when a later attempt succeeds)
+
+A run folder without a complete result.json is not done, whatever else it holds.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+RESULT_KEYS = ("run_id", "study", "finetune_top1", "linear_probe_top1", "pretrain_images_per_s",
+               "pretrain_wall_s", "n_params", "torch_version", "timm_version", "git_commit", "device")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: readers see all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunFolder:
+    """The files of one run."""
+
+    def __init__(self, root: Path | str, study: str, run_id: str):
+        self.study, self.run_id = study, run_id
+        self.path = Path(root) / study / run_id
+
+    config_path = property(lambda self: self.path / "config.yaml")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    result_path = property(lambda self: self.path / "result.json")
+    error_path = property(lambda self: self.path / "error.txt")
+    checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+
+    def is_done(self) -> bool:
+        return read_result(self.result_path) is not None
+
+    def start(self, config: dict) -> None:
+        """Begin (or begin again) a run: write its config, clear earlier metrics and errors."""
+        atomic_write_text(self.config_path, yaml.safe_dump(config, sort_keys=True))
+        self.result_path.unlink(missing_ok=True)
+        self.metrics_path.unlink(missing_ok=True)
+        self.error_path.unlink(missing_ok=True)
+
+    def log_metrics(self, row: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        rows = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a crash
+                break
+        return rows
+
+    def write_result(self, result: dict) -> None:
+        missing = [k for k in RESULT_KEYS if k not in result]
+        if missing:
+            raise ValueError(f"result for {self.run_id} lacks {missing}")
+        atomic_write_text(self.result_path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+        self.error_path.unlink(missing_ok=True)
+
+    def write_error(self, text: str) -> None:
+        atomic_write_text(self.error_path, text)
+
+    def read_config(self) -> dict | None:
+        try:
+            return yaml.safe_load(self.config_path.read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+
+
+def read_result(path: Path) -> dict | None:
+    """The parsed result.json, or None when it is missing, cut short or incomplete."""
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(result, dict) or any(k not in result for k in RESULT_KEYS):
+        return None
+    return result
+
+
+def iter_runs(study_dir: Path | str) -> Iterator[RunFolder]:
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        return
+    for sub in sorted(study_dir.iterdir()):
+        if sub.is_dir() and not sub.name.startswith("."):
+            yield RunFolder(study_dir.parent, study_dir.name, sub.name)
+
+
+def load_done_runs(study_dir: Path | str) -> list[dict[str, Any]]:
+    """Every finished run of a study as {'run_id', 'config', 'result'}; unfinished ones are skipped."""
+    runs = []
+    for run in iter_runs(study_dir):
+        result = read_result(run.result_path)
+        config = run.read_config() if result is not None else None
+        if result is not None and config is not None:
+            runs.append({"run_id": run.run_id, "config": config, "result": result})
+    return runs

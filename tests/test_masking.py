@@ -1,0 +1,86 @@
+"""Masking strategies: exact counts, determinism, the grid pattern, block masks are blocky."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench import masking
+from bench.config import ConfigError
+
+
+def make(name, batch, grid, ratio, seed=0, **params):
+    resolved = masking.resolve_params(name, params, ratio, grid)
+    return masking.generate(name, batch, grid, ratio, resolved, torch.Generator().manual_seed(seed))
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(sorted(masking.STRATEGIES)), ratio=st.floats(0.05, 0.95),
+       height=st.integers(2, 16), width=st.integers(2, 16), batch=st.integers(1, 24), seed=st.integers(0, 2**31))
+def test_every_sample_has_exactly_round_ratio_L_masked(name, ratio, height, width, batch, seed):
+    mask = make(name, batch, (height, width), ratio, seed)
+    length = height * width
+    assert mask.shape == (batch, length) and mask.dtype == torch.bool
+    expected = masking.num_masked(length, ratio)
+    assert expected == min(max(int(ratio * length + 0.5), 1), length - 1)
+    assert (mask.sum(dim=1) == expected).all()
+    assert (mask.sum(dim=1) > 0).all() and (mask.sum(dim=1) < length).all()  # never all or nothing
+
+
+@pytest.mark.parametrize("name", sorted(masking.STRATEGIES))
+def test_same_seed_same_masks_other_seed_other_masks(name):
+    a, b, c = make(name, 16, (14, 14), 0.75, 3), make(name, 16, (14, 14), 0.75, 3), make(name, 16, (14, 14), 0.75, 4)
+    assert torch.equal(a, b)
+    if name != "grid":  # the default grid has no randomness at 75% on an even grid
+        assert not torch.equal(a, c)
+
+
+def test_grid_keeps_one_patch_of_every_2x2():
+    mask = make("grid", 4, (8, 8), 0.75).view(4, 8, 8)
+    visible = ~mask
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[::2, ::2] = True
+    assert all(torch.equal(v, expected) for v in visible)
+    shifted = make("grid", 64, (8, 8), 0.75, random_offset=True).view(64, 8, 8)
+    for v in ~shifted:  # any offset: the visible patches form a stride-2 lattice
+        rows, cols = v.nonzero(as_tuple=True)
+        assert len(rows) == 16 and len(set((rows % 2).tolist())) == 1 and len(set((cols % 2).tolist())) == 1
+
+
+def regions(mask2d: torch.Tensor) -> int:
+    """Number of 4-connected masked regions."""
+    seen, count = set(), 0
+    h, w = mask2d.shape
+    for i in range(h):
+        for j in range(w):
+            if mask2d[i, j] and (i, j) not in seen:
+                count += 1
+                stack = [(i, j)]
+                while stack:
+                    a, b = stack.pop()
+                    if (a, b) in seen or not (0 <= a < h and 0 <= b < w) or not mask2d[a, b]:
+                        continue
+                    seen.add((a, b))
+                    stack += [(a + 1, b), (a - 1, b), (a, b + 1), (a, b - 1)]
+    return count
+
+
+def test_block_masks_form_fewer_larger_regions_than_random():
+    block = make("block", 32, (14, 14), 0.4).view(32, 14, 14)
+    rand = make("random", 32, (14, 14), 0.4).view(32, 14, 14)
+    block_regions = sum(regions(m) for m in block) / 32
+    random_regions = sum(regions(m) for m in rand) / 32
+    assert block_regions < random_regions / 3, (block_regions, random_regions)
+
+
+def test_random_masking_covers_positions_uniformly():
+    mask = make("random", 4000, (8, 8), 0.75).float().mean(dim=0)
+    assert torch.allclose(mask, torch.full_like(mask, 0.75), atol=0.04)
+
+
+def test_bad_strategy_or_parameter_is_a_one_line_error():
+    with pytest.raises(ConfigError, match=r"masking.strategy: 'spiral' is not allowed; allowed: random, block, grid"):
+        masking.resolve_params("spiral", {}, 0.75, (8, 8))
+    with pytest.raises(ConfigError, match=r"masking.params.min_aspect: 0.0 is out of range"):
+        masking.resolve_params("block", {"min_aspect": 0.0}, 0.75, (8, 8))
+    with pytest.raises(ConfigError, match=r"masking.params.random_offset: 'yes' has the wrong type"):
+        masking.resolve_params("grid", {"random_offset": "yes"}, 0.75, (8, 8))

@@ -1,0 +1,131 @@
+"""Specs: expansion (grid product, zip, seeds), validation errors, run-id stability."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from bench.config import ConfigError, resolve, resolve_launch, run_id
+from bench.spec import load_study
+
+
+def write_spec(tmp_path, spec, name="spec.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_grid_is_a_product_and_seeds_multiply(tmp_path, tiny_base):
+    spec = {"name": "s", "base": tiny_base, "seeds": 3,
+            "grid": {"masking.strategy": ["random", "block", "grid"], "masking.ratio": [0.5, 0.75]}}
+    study = load_study(write_spec(tmp_path, spec))
+    assert len(study.runs) == 3 * 2 * 3
+    assert study.axes == ["masking.strategy", "masking.ratio"]
+    combos = {(r.config["masking"]["strategy"], r.config["masking"]["ratio"], r.config["seed"]) for r in study.runs}
+    assert len(combos) == 18
+    assert len({r.run_id for r in study.runs}) == 18
+
+
+def test_zip_varies_keys_together(tmp_path, tiny_base):
+    spec = {"name": "s", "base": tiny_base, "seeds": [0, 7],
+            "zip": [{"masking.strategy": ["random", "block", "block", "grid"],
+                     "masking.ratio": [0.75, 0.5, 0.75, 0.75]}]}
+    study = load_study(write_spec(tmp_path, spec))
+    pairs = sorted({(r.config["masking"]["strategy"], r.config["masking"]["ratio"]) for r in study.runs})
+    assert pairs == [("block", 0.5), ("block", 0.75), ("grid", 0.75), ("random", 0.75)]
+    assert len(study.runs) == 8
+    assert sorted({r.config["seed"] for r in study.runs}) == [0, 7]
+
+
+def test_grid_values_that_resolve_to_the_same_config_run_once(tmp_path, tiny_base):
+    spec = {"name": "s", "base": tiny_base, "grid": {"masking.ratio": [0.75, 0.75, 0.5]}}
+    assert len(load_study(write_spec(tmp_path, spec)).runs) == 2
+
+
+@pytest.mark.parametrize("mutate, key, allowed", [
+    (lambda s: s["grid"].update({"masking.ratio": [0.5, 1.5]}), "masking.ratio", "0.0 < x < 1.0"),
+    (lambda s: s["grid"].update({"masking.strategy": ["random", "spiral"]}), "masking.strategy", "random, block, grid"),
+    (lambda s: s["base"]["model"].update({"depth": 0}), "model.depth", ">= 1"),
+    (lambda s: s["base"]["model"].update({"decoder_depth": "deep"}), "model.decoder_depth", "int"),
+    (lambda s: s["base"]["pretrain"].update({"target": "hog2"}), "pretrain.target", "pixel, norm_pixel"),
+    (lambda s: s["base"]["data"].update({"augmentation": "mixup"}), "data.augmentation", "crop_rand"),
+    (lambda s: s["base"]["pretrain"].update({"epoch": 3}), "pretrain.epoch", "epochs"),
+    (lambda s: s["grid"].update({"masking.rato": [0.5]}), "grid.masking.rato", "dotted config key"),
+    (lambda s: s.update({"seeds": -1}), "seeds", "a count >= 1"),
+    (lambda s: s.update({"zip": [{"masking.ratio": [0.5, 0.6], "pretrain.epochs": [1]}]}), "zip[0]", "unequal"),
+    (lambda s: s["base"]["masking"].update({"params": {"min_patchez": 3}}), "masking.params.min_patchez", "none"),
+    (lambda s: s.update({"launch": {"executor": "kubernetes"}}), "launch.executor", "debug, local, slurm"),
+    (lambda s: s.update({"nmae": "x"}), "nmae", "name, description, base"),
+])
+def test_validation_errors_are_one_line_naming_file_key_and_allowed(tmp_path, tiny_base, mutate, key, allowed):
+    spec = {"name": "s", "base": tiny_base, "grid": {}}
+    mutate(spec)
+    path = write_spec(tmp_path, spec)
+    with pytest.raises(ConfigError) as info:
+        load_study(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: {key}:"), message
+    assert allowed in message, message
+
+
+def test_bad_spec_on_the_command_line_is_one_line_and_exit_2(tmp_path, tiny_base):
+    tiny_base["masking"]["ratio"] = 1.0
+    path = write_spec(tmp_path, {"name": "s", "base": tiny_base})
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "plan", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert f"{path}: masking.ratio: 1.0 is out of range" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_id_is_stable_across_key_order_number_spelling_and_processes(tiny_base):
+    a = resolve(tiny_base)
+    reordered = json.loads(json.dumps(tiny_base, sort_keys=True))
+    reordered["pretrain"]["blr"] = "1.5e-3"  # YAML 1.1 reads 1.5e-3 as a string
+    reordered["masking"]["ratio"] = 0.75
+    assert run_id(resolve(reordered)) == run_id(a)
+    code = f"import json; from bench.config import resolve, run_id; print(run_id(resolve(json.loads({json.dumps(json.dumps(tiny_base))}))))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={"PYTHONHASHSEED": "123", "PATH": ""}, check=True).stdout.strip()
+    assert other == run_id(a)
+
+
+def test_run_id_changes_with_every_setting_but_not_with_launch(tmp_path, tiny_base):
+    base_id = run_id(resolve(tiny_base))
+    for dotted, value in [("masking.ratio", 0.5), ("seed", 1), ("model.decoder_depth", 2),
+                          ("evals.linear_probe.feature", "avgpool"), ("masking.params", {"random_offset": True})]:
+        cfg = json.loads(json.dumps(tiny_base))
+        node = cfg
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+        if dotted == "masking.params":
+            cfg["masking"]["strategy"] = "grid"
+        assert run_id(resolve(cfg)) != base_id, dotted
+    path = write_spec(tmp_path, {"name": "s", "base": tiny_base, "launch": {"executor": "debug", "threads": 1}})
+    study = load_study(path, {"parallel": 4, "device": "cpu"})
+    assert study.runs[0].run_id == base_id
+    assert resolve_launch({"parallel": 4})["parallel"] == 4
+
+
+def test_resolved_config_holds_the_preset_numbers_and_strategy_defaults():
+    cfg = resolve({"model": {"preset": "mae_vit_large_patch16"}, "data": {"img_size": 224},
+                   "masking": {"strategy": "block"}})
+    assert (cfg["model"]["embed_dim"], cfg["model"]["depth"], cfg["model"]["num_heads"]) == (1024, 24, 16)
+    assert (cfg["model"]["decoder_embed_dim"], cfg["model"]["decoder_depth"]) == (512, 8)
+    assert cfg["masking"]["params"]["min_patches"] == 4 and cfg["masking"]["params"]["min_aspect"] == 0.3
+    assert cfg["pretrain"]["blr"] == 1.5e-4 and (cfg["pretrain"]["beta1"], cfg["pretrain"]["beta2"]) == (0.9, 0.95)
+
+
+def test_plan_lists_runs_and_runs_nothing(tmp_path, tiny_base):
+    path = write_spec(tmp_path, {"name": "planned", "base": tiny_base, "grid": {"masking.strategy": ["random", "grid"]},
+                                 "seeds": 2})
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "plan", str(path), "--results", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 runs, 0 done, 4 to run" in proc.stdout
+    assert "varies masking.strategy: random, grid" in proc.stdout
+    assert not (tmp_path / "r").exists()

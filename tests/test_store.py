@@ -1,0 +1,66 @@
+"""The result store: atomic writes, a half-written run never reads as done."""
+import json
+
+import pytest
+
+from bench.store import RESULT_KEYS, RunFolder, atomic_write_text, load_done_runs, read_result
+
+
+def full_result(run_id="abc"):
+    return {k: None for k in RESULT_KEYS} | {"run_id": run_id, "study": "s", "finetune_top1": 80.0}
+
+
+def test_a_run_is_done_only_with_a_complete_result(tmp_path):
+    run = RunFolder(tmp_path, "s", "abc")
+    run.start({"seed": 0})
+    assert not run.is_done()
+    run.log_metrics({"epoch": 1, "loss": 0.5})
+    run.result_path.write_text('{"run_id": "abc", "finetune_')  # cut short by a crash
+    assert not run.is_done() and load_done_runs(tmp_path / "s") == []
+    run.result_path.write_text(json.dumps({"run_id": "abc"}))  # parses but lacks keys
+    assert not run.is_done()
+    run.write_result(full_result())
+    assert run.is_done()
+    [loaded] = load_done_runs(tmp_path / "s")
+    assert loaded["config"] == {"seed": 0} and loaded["result"]["finetune_top1"] == 80.0
+
+
+def test_write_result_refuses_an_incomplete_result(tmp_path):
+    run = RunFolder(tmp_path, "s", "abc")
+    run.start({})
+    with pytest.raises(ValueError, match="lacks"):
+        run.write_result({"run_id": "abc"})
+    assert not run.result_path.exists()
+
+
+def test_restarting_a_run_clears_its_old_result_metrics_and_error(tmp_path):
+    run = RunFolder(tmp_path, "s", "abc")
+    run.start({})
+    run.log_metrics({"epoch": 1})
+    run.write_error("Traceback ...")
+    run.write_result(full_result())
+    assert not run.error_path.exists()  # a success removes the earlier error
+    run.write_error("boom")
+    run.start({})
+    assert not run.result_path.exists() and not run.metrics_path.exists() and not run.error_path.exists()
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "result.json"
+    atomic_write_text(path, "old")
+
+
+    with pytest.raises(TypeError):
+        atomic_write_text(path, 123)  # not text: fails mid-write
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temporary left behind
+
+
+def test_metrics_lines_cut_short_are_ignored(tmp_path):
+    run = RunFolder(tmp_path, "s", "abc")
+    run.start({})
+    run.log_metrics({"epoch": 1})
+    with open(run.metrics_path, "a") as f:
+        f.write('{"epoch": 2, "lo')
+    assert run.read_metrics() == [{"epoch": 1}]
+    assert read_result(tmp_path / "missing.json") is None
