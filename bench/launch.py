@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.run import run_one
 from bench.spec import Run, Study
-from bench.store import RunFolder
+from bench.store import RunFolder, write_study_manifest
 
 
 @dataclass
@@ -94,6 +94,8 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
                  console: Console | None = None) -> LaunchOutcome:
     console = console or Console(stderr=True)
     results_root = str(results_root)
+    write_study_manifest(Path(results_root) / study.name, study.name, study.description, study.path,
+                         study.axes, [r.run_id for r in study.runs])
     todo, done = runs_to_do(study, results_root, force)
     outcome = LaunchOutcome(skipped=[r.run_id for r in done])
     if not todo:

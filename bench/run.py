@@ -96,6 +96,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
             "device": device_name(device),
             "host": platform.node(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "config": config,  # the resolved config again, so result.json alone says what was run
         }
         folder.write_result(result)
         return {"run_id": rid, "status": "done", "result": result}

@@ -105,6 +105,23 @@ def read_result(path: Path) -> dict | None:
     return result
 
 
+STUDY_FILE = "study.json"
+
+
+def write_study_manifest(study_dir: Path | str, name: str, description: str, spec: str, axes: list[str],
+                         run_ids: list[str]) -> None:
+    """results/<study>/study.json: the spec's name, description, axes and run order, for reports."""
+    manifest = {"name": name, "description": description, "spec": spec, "axes": axes, "runs": run_ids}
+    atomic_write_text(Path(study_dir) / STUDY_FILE, json.dumps(manifest, indent=2) + "\n")
+
+
+def read_study_manifest(study_dir: Path | str) -> dict:
+    try:
+        return json.loads((Path(study_dir) / STUDY_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def iter_runs(study_dir: Path | str) -> Iterator[RunFolder]:
     study_dir = Path(study_dir)
     if not study_dir.is_dir():

@@ -1,0 +1,187 @@
+"""Reports: tables and plots from fabricated result folders with known accuracies."""
+import copy
+import math
+
+import pandas as pd
+import pytest
+
+from bench.report import (format_markdown, plot_study, runs_frame, summary_table, varying_axes,
+                          write_report)
+from bench.store import RESULT_KEYS, RunFolder
+
+BASE = {
+    "seed": 0,
+    "data": {"name": "synthetic", "img_size": 16, "train_limit": 512, "test_limit": None},
+    "model": {"preset": "mae_vit_tiny_patch4", "embed_dim": 32, "depth": 2, "decoder_depth": 1,
+              "decoder_embed_dim": 32},
+    "masking": {"strategy": "random", "ratio": 0.75, "params": {}},
+    "pretrain": {"epochs": 2, "target": "norm_pixel"},
+    "evals": {"linear_probe": {"enabled": True, "feature": "cls"},
+              "finetune": {"enabled": True, "feature": "avgpool"}},
+}
+# What each strategy's config resolves its params to: they vary with the strategy, but follow it.
+PARAMS = {"random": {}, "block": {"min_patches": 4, "attempts": 10}, "grid": {"random_offset": False}}
+
+
+def add_run(root, study, run_id, *, finetune, probe, seed=0, **overrides):
+    """A finished run: overrides are dotted config keys, e.g. masking__ratio=0.5."""
+    config = copy.deepcopy(BASE)
+    config["seed"] = seed
+    for key, value in overrides.items():
+        *parents, leaf = key.split("__")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    config["masking"]["params"] = copy.deepcopy(PARAMS[config["masking"]["strategy"]])
+    run = RunFolder(root, study, run_id)
+    run.start(config)
+    result = {k: None for k in RESULT_KEYS} | {
+        "run_id": run_id, "study": study, "finetune_top1": finetune, "linear_probe_top1": probe,
+        "linear_probe_feature": "cls", "finetune_feature": "avgpool", "device": "cpu (test)",
+        "pretrain_images_per_s": 1000.0, "pretrain_wall_s": 1.0, "n_params": 123,
+        "evals": {"finetune": {"top1": finetune, "wall_s": 1.0}},
+    }
+    run.write_result(result)
+    return run
+
+
+# strategy -> (fine-tune, linear probe) per seed
+SCORES = {"random": ([84.0, 85.0], [60.0, 62.0]),
+          "block": ([82.0, 82.5], [55.0, 56.0]),
+          "grid": ([80.0, 81.0], [50.0, 53.0])}
+
+
+@pytest.fixture
+def strategies(tmp_path):
+    """3 strategies x 2 seeds, plus a run that crashed before writing its result."""
+    for i, (strategy, (ft, lp)) in enumerate(SCORES.items()):
+        for seed in (0, 1):
+            add_run(tmp_path, "sampling", f"{strategy}{seed}", finetune=ft[seed], probe=lp[seed], seed=seed,
+                    masking__strategy=strategy)
+    half = RunFolder(tmp_path, "sampling", "zzhalf")
+    half.start(BASE | {"masking": {"strategy": "halfdone", "ratio": 0.75, "params": {}}})
+    return tmp_path / "sampling"
+
+
+def test_runs_frame_flattens_config_and_skips_unfinished_runs(strategies):
+    frame = runs_frame(strategies)
+    assert len(frame) == 6 and "zzhalf" not in set(frame["run_id"])
+    assert {"seed", "masking.strategy", "masking.ratio", "masking.params.min_patches", "model.decoder_depth",
+            "evals.linear_probe.feature", "finetune_top1", "pretrain_images_per_s"} <= set(frame.columns)
+    assert "evals" not in frame.columns and "evals.finetune.top1" not in frame.columns  # nested results stay out
+    assert frame.loc[frame["run_id"] == "block0", "masking.params.min_patches"].item() == 4
+
+
+def test_summary_over_seeds_is_exact(strategies):
+    frame = runs_frame(strategies)
+    axes = varying_axes(frame)
+    assert axes == ["masking.strategy"]  # not the seed, nor the params that follow the strategy
+    table = summary_table(frame, axes)
+    assert list(table.columns) == ["masking.strategy", "finetune_mean", "finetune_std",
+                                   "linear_probe_mean", "linear_probe_std", "n"]
+    assert list(table["masking.strategy"]) == ["block", "grid", "random"]  # first seen (folders by name)
+    for row in table.to_dict("records"):
+        ft, lp = SCORES[row["masking.strategy"]]
+        assert row["n"] == 2
+        assert row["finetune_mean"] == pytest.approx(sum(ft) / 2)
+        assert row["finetune_std"] == pytest.approx(abs(ft[0] - ft[1]) / math.sqrt(2))  # ddof=1
+        assert row["linear_probe_mean"] == pytest.approx(sum(lp) / 2)
+        assert row["linear_probe_std"] == pytest.approx(abs(lp[0] - lp[1]) / math.sqrt(2))
+
+
+def test_markdown_cells(strategies):
+    frame = runs_frame(strategies)
+    text = format_markdown(summary_table(frame, ["masking.strategy"]), ["masking.strategy"])
+    lines = text.splitlines()
+    assert lines[0] == "| masking.strategy | fine-tune top-1 | linear probe top-1 | n |"
+    assert "| random | 84.5 ± 0.7 | 61.0 ± 1.4 | 2 |" in lines
+    assert "| block | 82.2 ± 0.4 | 55.5 ± 0.7 | 2 |" in lines  # 82.25 rounds half to even
+    assert "| grid | 80.5 ± 0.7 | 51.5 ± 2.1 | 2 |" in lines
+
+
+def test_single_runs_and_missing_evals_in_markdown(tmp_path):
+    add_run(tmp_path, "s", "a", finetune=None, probe=70.04, masking__strategy="random")
+    add_run(tmp_path, "s", "b", finetune=None, probe=71.0, masking__strategy="grid")
+    frame = runs_frame(tmp_path / "s")
+    table = summary_table(frame, varying_axes(frame))
+    assert math.isnan(table.loc[0, "linear_probe_std"])
+    text = format_markdown(table, ["masking.strategy"])
+    assert "| random | — | 70.0 | 1 |" in text and "±" not in text
+
+
+def test_write_report_writes_all_files(strategies, tmp_path):
+    out = write_report(strategies, tmp_path / "reports", description="Mask sampling (MAE Table 1f)")
+    assert out["n_runs"] == 6 and len(out["table"]) == 3
+    for key in ("table_md", "table_csv", "plot", "runs_csv"):
+        assert out[key].exists() and out[key].parent == tmp_path / "reports" / "sampling"
+    png = out["plot"].read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    md = out["table_md"].read_text()
+    assert md.startswith("# sampling\n\nMask sampling (MAE Table 1f)\n")
+    assert "| random | 84.5 ± 0.7 | 61.0 ± 1.4 | 2 |" in md
+    assert "6 runs (seeds 0, 1) on cpu (test)" in md and "linear probe on the cls feature" in md
+    assert len(pd.read_csv(out["runs_csv"])) == 6 and len(pd.read_csv(out["table_csv"])) == 3
+    assert not list(out["plot"].parent.glob(".*"))  # no temporary files left behind
+
+
+def test_numeric_axis_sorts_numerically(tmp_path):
+    for i, ratio in enumerate([0.9, 0.25, 0.75, 0.5]):
+        add_run(tmp_path, "ratio", f"r{i}", finetune=80 + ratio, probe=50 + 10 * ratio, masking__ratio=ratio)
+    out = write_report(tmp_path / "ratio", tmp_path / "reports")
+    assert list(out["table"]["masking.ratio"]) == [0.25, 0.5, 0.75, 0.9]
+    assert "| 0.25 | 80.2 | 52.5 | 1 |" in out["table_md"].read_text()
+
+
+def test_two_axes(tmp_path):
+    scores = {}
+    for ratio in (0.75, 0.5):
+        for strategy in ("random", "block"):
+            for seed in (0, 1):
+                ft = 80 + 10 * ratio + (2 if strategy == "random" else 0) + seed
+                scores.setdefault((ratio, strategy), []).append(ft)
+                add_run(tmp_path, "grid2", f"{strategy}-{ratio}-{seed}", finetune=ft, probe=None, seed=seed,
+                        masking__ratio=ratio, masking__strategy=strategy)
+    frame = runs_frame(tmp_path / "grid2")
+    axes = varying_axes(frame)
+    assert axes == ["masking.ratio", "masking.strategy"]  # numeric first: it goes on the x axis
+    table = summary_table(frame, axes)
+    assert [tuple(r) for r in table[axes].itertuples(index=False)] == [
+        (0.5, "block"), (0.5, "random"), (0.75, "block"), (0.75, "random")]
+    for row in table.to_dict("records"):
+        assert row["finetune_mean"] == pytest.approx(sum(scores[row["masking.ratio"], row["masking.strategy"]]) / 2)
+        assert row["finetune_std"] == pytest.approx(1 / math.sqrt(2)) and row["n"] == 2
+        assert math.isnan(row["linear_probe_mean"])
+    out = write_report(tmp_path / "grid2", tmp_path / "reports")  # an eval that never ran: "not run" panel
+    assert "| 0.5 | block | 85.5 ± 0.7 | — | 2 |" in out["table_md"].read_text()
+    assert out["plot"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_no_varying_axis_gives_one_row_named_by_the_study(tmp_path):
+    add_run(tmp_path, "one", "a", finetune=80.0, probe=60.0, seed=0)
+    add_run(tmp_path, "one", "b", finetune=82.0, probe=62.0, seed=1)
+    frame = runs_frame(tmp_path / "one")
+    assert varying_axes(frame) == []
+    table = summary_table(frame, [])
+    assert list(table["study"]) == ["one"] and table.loc[0, "n"] == 2
+    assert "| one | 81.0 ± 1.4 | 61.0 ± 1.4 | 2 |" in format_markdown(table, [])
+    plot_study(frame, [], tmp_path / "one.png", "one")
+    assert (tmp_path / "one.png").stat().st_size > 0
+
+
+def test_empty_study_raises_one_line(tmp_path):
+    RunFolder(tmp_path, "empty", "half").start(BASE)  # started, never finished
+    with pytest.raises(ValueError) as err:
+        write_report(tmp_path / "empty", tmp_path / "reports")
+    assert str(err.value) == (f"{tmp_path / 'empty'}: no finished runs "
+                              "(a run is finished when its result.json is complete)")
+    assert "\n" not in str(err.value) and not (tmp_path / "reports").exists()
+
+
+def test_a_null_setting_sorts_last_and_prints_as_a_dash(tmp_path):
+    add_run(tmp_path, "limit", "a", finetune=80.0, probe=60.0, data__test_limit=None)
+    add_run(tmp_path, "limit", "b", finetune=81.0, probe=61.0, data__test_limit=256)
+    out = write_report(tmp_path / "limit", tmp_path / "reports")
+    assert list(out["table"]["data.test_limit"].fillna(-1)) == [256, -1]
+    text = out["table_md"].read_text()
+    assert text.index("| 256 | 81.0 | 61.0 | 1 |") < text.index("| — | 80.0 | 60.0 | 1 |")
