@@ -3,11 +3,19 @@
 Every strategy returns a B×L boolean mask (True = masked, L = grid height × width, row-major)
 with exactly `num_masked(L, ratio)` masked patches in every sample, so MAE's gather of the
 visible tokens works for all of them. Randomness comes only from the torch.Generator passed
-in: the same seed gives the same masks.
+in: the same seed gives the same masks. No Python loop runs over samples; block and walker
+loop over rounds or steps for the whole batch at once.
 
     random  MAE: a uniformly random subset per sample (argsort of noise).
     block   BEiT: rectangles of random area and aspect ratio until the target count.
-    grid    MAE Table 1f: a regular pattern keeping one patch of every k×k cell.
+    grid    MAE Table 1f: a regular pattern keeping one patch of every a×b cell.
+    walker  a random walk over the patch grid, masking what it visits; jumps when stuck.
+    tube    VideoMAE: one spatial mask (of any strategy) repeated over all frames.
+    coarse  SimMIM: random masking of larger cells (`scale`×`scale` patches), upsampled.
+    multi   per sample, a strategy drawn with probability proportional to its weight.
+
+With `frames=T`, `generate` returns B×T×L: tube repeats one spatial mask over the frames,
+every other strategy masks each frame independently.
 """
 from __future__ import annotations
 
@@ -25,13 +33,6 @@ def num_masked(num_patches: int, ratio: float) -> int:
     return min(max(int(math.floor(ratio * num_patches + 0.5)), 1), num_patches - 1)
 
 
-@dataclass(frozen=True)
-class Strategy:
-    generate: Callable  # (batch, grid_hw, ratio, params, generator, device) -> bool B×L
-    defaults: dict = field(default_factory=dict)
-    doc: str = ""
-
-
 def exact_count(mask: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """Trim or top up each row of `mask` at random to exactly `count` True entries.
 
@@ -39,11 +40,17 @@ def exact_count(mask: torch.Tensor, count: int, generator: torch.Generator) -> t
     every already-masked patch first, then fill with random unmasked ones (or, when a row
     has too many, keep a random subset of its masked ones).
     """
-    noise = torch.rand(mask.shape, generator=generator, device=mask.device)
-    keep = (mask.float() + noise).topk(count, dim=1).indices
-    return torch.zeros_like(mask).scatter_(1, keep, True)
+    rows = (mask.sum(dim=1) != count).nonzero().squeeze(1)
+    if len(rows) == 0:
+        return mask
+    noise = torch.rand(len(rows), mask.shape[1], generator=generator, device=mask.device)
+    keep = (mask[rows].float() + noise).topk(count, dim=1).indices
+    mask = mask.clone()
+    mask[rows] = torch.zeros_like(mask[rows]).scatter_(1, keep, True)
+    return mask
 
 
+# ----------------------------------------------------------------------------- strategies
 def random_masking(batch, grid_hw, ratio, params, generator, device):
     length = grid_hw[0] * grid_hw[1]
     noise = torch.rand(batch, length, generator=generator, device=device)
@@ -57,8 +64,10 @@ def block_masking(batch, grid_hw, ratio, params, generator, device):
     Per sample and round (as BEiT's `_mask`): up to `attempts` candidate rectangles with area
     uniform in [min_patches, max_mask] (max_mask = what is still to be masked, capped by
     max_patches) and log-uniform aspect ratio; the first that adds between 1 and max_mask new
-    patches is taken. A sample stops when it reaches the target or no attempt fits. The few
-    patches still missing then are topped up at random (exact_count).
+    patches is taken. A sample stops when it reaches the target or no attempt fits; the few
+    patches then still missing are topped up at random (exact_count). How many patches a
+    candidate would add is read from an integral image of the mask, so only the chosen
+    rectangle of each sample is ever drawn.
     """
     height, width = grid_hw
     target = num_masked(height * width, ratio)
@@ -67,91 +76,252 @@ def block_masking(batch, grid_hw, ratio, params, generator, device):
     log_lo, log_hi = math.log(params["min_aspect"]), math.log(params["max_aspect"] or 1 / params["min_aspect"])
     tries = params["attempts"]
 
-    def uniform(*shape):
-        return torch.rand(*shape, generator=generator, device=device)
-
-    rows = torch.arange(height, device=device).view(1, 1, height, 1)
-    cols = torch.arange(width, device=device).view(1, 1, 1, width)
-    mask = torch.zeros(batch, height, width, dtype=torch.bool, device=device)
-    count = torch.zeros(batch, dtype=torch.long, device=device)
-    active = torch.ones(batch, dtype=torch.bool, device=device)
-    picked = torch.arange(batch, device=device)
+    # all arithmetic in float32 (exact for these small integers): fewer dtype conversions
+    rows = torch.arange(height, device=device, dtype=torch.float32).view(1, height, 1)
+    cols = torch.arange(width, device=device, dtype=torch.float32).view(1, 1, width)
+    mask = torch.zeros(batch, height, width, device=device)  # 1.0 = masked
+    integral = torch.zeros(batch, height + 1, width + 1, device=device)  # masked patches above-left
+    flat = integral.view(batch, -1)
+    stride = width + 1
+    offsets = torch.arange(0, 4 * tries, tries, device=device)  # of top, bottom, left, right in a cat
+    count = torch.zeros(batch, 1, device=device)
+    active = torch.ones(batch, 1, dtype=torch.bool, device=device)
+    half_log, half_span = log_lo / 2, (log_hi - log_lo) / 2
     while bool(active.any()):
-        max_mask = (target - count).clamp(max=max_patches).unsqueeze(1).float()  # B×1
-        area = min_patches + (max_mask - min_patches) * uniform(batch, tries)
-        aspect = torch.exp(log_lo + (log_hi - log_lo) * uniform(batch, tries))
-        h = torch.sqrt(area * aspect).round().long()
-        w = torch.sqrt(area / aspect).round().long()
-        fits = (h < height) & (w < width)
-        top = (uniform(batch, tries) * (height - h + 1).clamp(min=1)).long()
-        left = (uniform(batch, tries) * (width - w + 1).clamp(min=1)).long()
-        rect = ((rows >= top[..., None, None]) & (rows < (top + h)[..., None, None])
-                & (cols >= left[..., None, None]) & (cols < (left + w)[..., None, None]))  # B×A×H×W
-        new = (rect & ~mask.unsqueeze(1)).sum(dim=(2, 3))
-        valid = fits & (new > 0) & (new <= max_mask.long()) & active.unsqueeze(1)
-        found = valid.any(dim=1)
-        first = valid.float().argmax(dim=1)
-        mask |= rect[picked, first] & found[:, None, None]
-        count += new[picked, first] * found
+        u = torch.rand(4, batch, tries, generator=generator, device=device)
+        max_mask = (target - count).clamp_(max=max_patches)  # B×1
+        side = u[0].mul(max_mask - min_patches).add_(min_patches).sqrt_()
+        root_aspect = u[1].mul(half_span).add_(half_log).exp_()
+        h = (side * root_aspect).round_().clamp_(max=height)
+        w = (side / root_aspect).round_().clamp_(max=width)
+        top = (height + 1 - h).mul_(u[2]).floor_()
+        left = (width + 1 - w).mul_(u[3]).floor_()
+        bottom, right = top + h, left + w
+        row_top, row_bottom = top * stride, bottom * stride
+        corners = flat.gather(1, torch.cat([row_bottom + right, row_top + right,
+                                            row_bottom + left, row_top + left], dim=1).long())
+        c = corners.view(batch, 4, tries)
+        new = h * w - (c[:, 0] - c[:, 1] - c[:, 2] + c[:, 3])  # B×A: patches it would add
+        valid = (h < height) & (w < width) & (new > 0) & (new <= max_mask) & active
+        found = valid.any(dim=1, keepdim=True)
+        first = valid.byte().argmax(dim=1, keepdim=True)  # the first attempt that worked
+        box = torch.cat([top, bottom, left, right], dim=1).gather(1, first + offsets).unsqueeze(2)  # B×4×1
+        in_rows = (rows >= box[:, 0:1]) & (rows < box[:, 1:2]) & found.unsqueeze(2)  # B×H×1
+        in_cols = (cols >= box[:, 2:3].transpose(1, 2)) & (cols < box[:, 3:4].transpose(1, 2))  # B×1×W
+        mask.masked_fill_(in_rows & in_cols, 1.0)
+        count += new.gather(1, first).mul_(found)
         active &= found & (count < target)
-    return exact_count(mask.flatten(1), target, generator)
+        torch.cumsum(mask.cumsum(1), 2, out=integral[:, 1:, 1:])
+    return exact_count(mask.flatten(1) > 0, target, generator)
+
+
+def grid_cell(ratio: float) -> tuple[int, int]:
+    """The a×b cell (a <= b, most square first) whose one-kept-patch pattern masks `ratio`."""
+    return min(GRID_CELLS, key=lambda c: (abs(1 - 1 / (c[0] * c[1]) - ratio), c[1] - c[0]))
+
+
+GRID_CELLS = [(a, b) for a in range(1, 5) for b in range(a, 5) if a * b >= 2]
+GRID_TOLERANCE = 0.02
 
 
 def grid_masking(batch, grid_hw, ratio, params, generator, device):
-    """Keep one patch of every k×k cell (k = round(1/sqrt(1-ratio)); 75% → k=2)."""
+    """Keep one patch of every a×b cell: 2×2 masks 75%, 1×2 50%, 3×3 88.9%, 4×4 93.75%."""
     height, width = grid_hw
-    k = max(2, round(1 / math.sqrt(1 - ratio)))
+    a, b = params["cell"] or grid_cell(ratio)
     rows = torch.arange(height, device=device).view(1, height, 1)
     cols = torch.arange(width, device=device).view(1, 1, width)
     if params["random_offset"]:
-        offset = (torch.rand(batch, 2, generator=generator, device=device) * k).long()
+        u = torch.rand(batch, 2, generator=generator, device=device)
+        offset = torch.stack([(u[:, 0] * a).long(), (u[:, 1] * b).long()], dim=1)
     else:
         offset = torch.zeros(batch, 2, dtype=torch.long, device=device)
-    keep = ((rows - offset[:, 0, None, None]) % k == 0) & ((cols - offset[:, 1, None, None]) % k == 0)
+    keep = ((rows - offset[:, 0, None, None]) % a == 0) & ((cols - offset[:, 1, None, None]) % b == 0)
+    # a grid that the cell does not divide evenly is off by a few patches: trim/top up at random
     return exact_count((~keep).flatten(1), num_masked(height * width, ratio), generator)
 
 
+_STEPS = torch.tensor([[-1, 0], [1, 0], [0, -1], [0, 1]])  # up, down, left, right
+
+
+def walker_masking(batch, grid_hw, ratio, params, generator, device):
+    """A random walk per sample, all samples stepping together, masking every patch it visits.
+
+    Start at a random patch; each step goes up, down, left or right (a step off the grid stays
+    put). After `restart_after` steps in a row that mask nothing new, the walker jumps to a
+    random unmasked patch. Each step masks at most one patch, so it stops exactly on target.
+    """
+    height, width = grid_hw
+    length, target = height * width, num_masked(height * width, ratio)
+    steps = _STEPS.to(device)
+    every = torch.arange(batch, device=device)
+    mask = torch.zeros(batch, length, dtype=torch.bool, device=device)
+    pos = (torch.rand(batch, generator=generator, device=device) * length).long()
+    mask[every, pos] = True
+    count = torch.ones(batch, dtype=torch.long, device=device)
+    stalled = torch.zeros(batch, dtype=torch.long, device=device)
+    chunk = 32
+    while True:
+        moves = (torch.rand(chunk, batch, generator=generator, device=device) * 4).long()
+        for move in moves:  # `chunk` steps per draw of random numbers
+            active = count < target
+            if not bool(active.any()):
+                return mask
+            r = pos // width + steps[move, 0]
+            c = pos % width + steps[move, 1]
+            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+            pos = torch.where(inside & active, r * width + c, pos)
+            new = active & ~mask[every, pos]
+            stalled = torch.where(new, 0, stalled + 1)
+            stuck = active & (stalled >= params["restart_after"])
+            if bool(stuck.any()):  # jump to a random unmasked patch
+                jump = (torch.rand(batch, length, generator=generator, device=device) + (~mask).float()).argmax(1)
+                pos = torch.where(stuck, jump, pos)
+                new |= stuck
+                stalled = torch.where(stuck, 0, stalled)
+            mask[every, pos] |= new
+            count += new.long()
+
+
+def tube_masking(batch, grid_hw, ratio, params, generator, device):
+    """The spatial mask of one frame; `generate` repeats it over the frames."""
+    return generate(params["spatial"], batch, grid_hw, ratio, params["spatial_params"], generator, device)
+
+
+def coarse_masking(batch, grid_hw, ratio, params, generator, device):
+    """SimMIM: random masking on a grid of `scale`×`scale`-patch cells, upsampled to patches."""
+    height, width = grid_hw
+    scale = params["scale"]
+    coarse_hw = (math.ceil(height / scale), math.ceil(width / scale))
+    cells = random_masking(batch, coarse_hw, ratio, {}, generator, device).view(batch, *coarse_hw)
+    fine = cells.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)[:, :height, :width]
+    return exact_count(fine.flatten(1), num_masked(height * width, ratio), generator)
+
+
+def multi_masking(batch, grid_hw, ratio, params, generator, device):
+    """Per sample, one strategy drawn with probability proportional to its weight."""
+    names = list(params["weights"])
+    weights = torch.tensor([float(params["weights"][n]) for n in names], device=device)
+    choice = torch.multinomial(weights, batch, replacement=True, generator=generator)
+    mask = torch.zeros(batch, grid_hw[0] * grid_hw[1], dtype=torch.bool, device=device)
+    for i, name in enumerate(names):
+        rows = (choice == i).nonzero().squeeze(1)
+        if len(rows):
+            mask[rows] = generate(name, len(rows), grid_hw, ratio, params["params"][name], generator, device)
+    return mask
+
+
+# ----------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class Strategy:
+    generate: Callable  # (batch, grid_hw, ratio, params, generator, device) -> bool B×L
+    defaults: dict = field(default_factory=dict)
+    types: dict = field(default_factory=dict)  # parameter -> type, where the default is None
+    doc: str = ""
+
+
 STRATEGIES: dict[str, Strategy] = {
-    "random": Strategy(random_masking, {}, "uniform random subset per sample (MAE)"),
+    "random": Strategy(random_masking, {}, {}, "uniform random subset per sample (MAE)"),
     "block": Strategy(block_masking, {"min_patches": 4, "max_patches": None, "min_aspect": 0.3,
                                       "max_aspect": None, "attempts": 10},
-                      "rectangles of random area and aspect ratio (BEiT)"),
-    "grid": Strategy(grid_masking, {"random_offset": False}, "keep one patch of every k×k cell (MAE Table 1f)"),
+                      {"max_patches": int, "max_aspect": float}, "rectangles of random area and aspect ratio (BEiT)"),
+    "grid": Strategy(grid_masking, {"cell": None, "random_offset": False}, {"cell": list},
+                     "keep one patch of every a×b cell (MAE Table 1f)"),
+    "walker": Strategy(walker_masking, {"restart_after": 4}, {}, "a random walk masking what it visits"),
+    "tube": Strategy(tube_masking, {"spatial": "random", "spatial_params": {}}, {},
+                     "one spatial mask for every frame (VideoMAE)"),
+    "coarse": Strategy(coarse_masking, {"scale": 2}, {}, "random at a coarser mask-patch size (SimMIM)"),
+    "multi": Strategy(multi_masking, {"weights": {"random": 1.0, "block": 1.0}, "params": {}}, {},
+                      "a strategy drawn per sample by weight"),
 }
 
 
-def resolve_params(name: str, params: dict, ratio: float, grid_hw: tuple[int, int]) -> dict:
+def _check_range(key: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"masking.params.{key}", f"{value!r} is out of range; allowed: {allowed}")
+
+
+def resolve_params(name: str, params: dict, ratio: float, grid_hw: tuple[int, int], _prefix: str = "") -> dict:
     """Check a strategy's parameters and fill in its defaults (raises one-line ConfigError)."""
     if name not in STRATEGIES:
-        raise ConfigError("masking.strategy", f"{name!r} is not allowed; allowed: {', '.join(STRATEGIES)}")
-    defaults = STRATEGIES[name].defaults
+        raise ConfigError(f"masking.{_prefix}strategy" if not _prefix else f"masking.params.{_prefix}",
+                          f"{name!r} is not allowed; allowed: {', '.join(STRATEGIES)}")
+    strategy = STRATEGIES[name]
+    defaults = strategy.defaults
+    if not isinstance(params or {}, dict):
+        raise ConfigError("masking.params", f"{params!r} has the wrong type; allowed: a mapping")
     params = dict(params or {})
     for key in params:
         if key not in defaults:
             allowed = ", ".join(defaults) or "none"
-            raise ConfigError(f"masking.params.{key}", f"unknown parameter of strategy {name!r}; allowed: {allowed}")
+            raise ConfigError(f"masking.params.{_prefix}{key}",
+                              f"unknown parameter of strategy {name!r}; allowed: {allowed}")
     out = {**defaults, **params}
     for key, value in out.items():
-        default = defaults[key]
-        kind = type(default) if default is not None else (int if key.endswith("patches") else float)
-        if value is None and default is None:
+        kind = type(defaults[key]) if defaults[key] is not None else strategy.types[key]
+        if value is None and defaults[key] is None:
             continue
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
-            raise ConfigError(f"masking.params.{key}", f"{value!r} has the wrong type; allowed: {kind.__name__}")
+            raise ConfigError(f"masking.params.{_prefix}{key}",
+                              f"{value!r} has the wrong type; allowed: {kind.__name__}")
         out[key] = value
+
     if name == "block":
-        if out["min_patches"] < 1:
-            raise ConfigError("masking.params.min_patches", f"{out['min_patches']} is out of range; allowed: >= 1")
-        if not 0 < out["min_aspect"] <= 1:
-            raise ConfigError("masking.params.min_aspect", f"{out['min_aspect']} is out of range; allowed: 0 < x <= 1")
-        if out["attempts"] < 1:
-            raise ConfigError("masking.params.attempts", f"{out['attempts']} is out of range; allowed: >= 1")
+        _check_range(_prefix + "min_patches", out["min_patches"], out["min_patches"] >= 1, ">= 1")
+        _check_range(_prefix + "min_aspect", out["min_aspect"], 0 < out["min_aspect"] <= 1, "0 < x <= 1")
+        _check_range(_prefix + "attempts", out["attempts"], out["attempts"] >= 1, ">= 1")
+    elif name == "grid":
+        cell = out["cell"]
+        if cell is not None:
+            _check_range(_prefix + "cell", cell, len(cell) == 2 and all(isinstance(v, int) and v >= 1 for v in cell)
+                         and cell[0] * cell[1] >= 2, "[a, b], two integers >= 1 with a*b >= 2")
+        cell = tuple(cell) if cell else grid_cell(ratio)
+        pattern = 1 - 1 / (cell[0] * cell[1])
+        if abs(pattern - ratio) > GRID_TOLERANCE:
+            hits = ", ".join(f"{1 - 1 / (a * b):.4g} ({a}x{b})" for a, b in GRID_CELLS)
+            raise ConfigError("masking.ratio", f"{ratio} cannot be made by grid masking "
+                                               f"({cell[0]}x{cell[1]} cell masks {pattern:.4g}); "
+                                               f"allowed: 1 - 1/(a*b) within {GRID_TOLERANCE}: {hits}")
+    elif name == "walker":
+        _check_range(_prefix + "restart_after", out["restart_after"], out["restart_after"] >= 1, ">= 1")
+    elif name == "coarse":
+        _check_range(_prefix + "scale", out["scale"], out["scale"] >= 1, ">= 1")
+    elif name == "tube":
+        if out["spatial"] in ("tube", "multi") or out["spatial"] not in STRATEGIES:
+            allowed = ", ".join(s for s in STRATEGIES if s not in ("tube", "multi"))
+            raise ConfigError("masking.params.spatial", f"{out['spatial']!r} is not allowed; allowed: {allowed}")
+        out["spatial_params"] = resolve_params(out["spatial"], out["spatial_params"], ratio, grid_hw,
+                                               _prefix="spatial_params.")
+    elif name == "multi":
+        weights = out["weights"]
+        allowed = ", ".join(s for s in STRATEGIES if s not in ("tube", "multi"))
+        for key, weight in weights.items():
+            if key not in STRATEGIES or key in ("tube", "multi"):
+                raise ConfigError(f"masking.params.weights.{key}", f"not a strategy to mix; allowed: {allowed}")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                raise ConfigError(f"masking.params.weights.{key}", f"{weight!r} is not allowed; allowed: a number >= 0")
+        if not weights or sum(weights.values()) <= 0:
+            raise ConfigError("masking.params.weights", "needs at least one positive weight")
+        for key in out["params"]:
+            if key not in weights:
+                raise ConfigError(f"masking.params.params.{key}", f"not in weights; allowed: {', '.join(weights)}")
+        out["weights"] = {k: float(v) for k, v in weights.items()}
+        out["params"] = {k: resolve_params(k, out["params"].get(k, {}), ratio, grid_hw, _prefix=f"params.{k}.")
+                         for k in weights}
     return out
 
 
 def generate(name: str, batch: int, grid_hw: tuple[int, int], ratio: float, params: dict,
-             generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A B×L boolean mask (True = masked) with exactly num_masked(L, ratio) True per row."""
-    return STRATEGIES[name].generate(batch, tuple(grid_hw), ratio, params, generator, torch.device(device))
+             generator: torch.Generator, device: torch.device | str = "cpu", frames: int | None = None) -> torch.Tensor:
+    """A B×L boolean mask (True = masked) with exactly num_masked(L, ratio) True per row.
+
+    With `frames`, a B×T×L mask: tube repeats one spatial mask, the others mask frames independently.
+    """
+    device = torch.device(device)
+    make = STRATEGIES[name].generate
+    if frames is None:
+        return make(batch, tuple(grid_hw), ratio, params, generator, device)
+    if name == "tube":
+        return make(batch, tuple(grid_hw), ratio, params, generator, device).unsqueeze(1).expand(-1, frames, -1)
+    return make(batch * frames, tuple(grid_hw), ratio, params, generator, device).view(batch, frames, -1)

@@ -13,10 +13,16 @@ def make(name, batch, grid, ratio, seed=0, **params):
     return masking.generate(name, batch, grid, ratio, resolved, torch.Generator().manual_seed(seed))
 
 
-@settings(max_examples=40, deadline=None)
+GRID_RATIOS = sorted({1 - 1 / (a * b) for a, b in masking.GRID_CELLS})
+
+
+@settings(max_examples=120, deadline=None)
 @given(name=st.sampled_from(sorted(masking.STRATEGIES)), ratio=st.floats(0.05, 0.95),
-       height=st.integers(2, 16), width=st.integers(2, 16), batch=st.integers(1, 24), seed=st.integers(0, 2**31))
-def test_every_sample_has_exactly_round_ratio_L_masked(name, ratio, height, width, batch, seed):
+       height=st.integers(2, 16), width=st.integers(2, 16), batch=st.integers(1, 24), seed=st.integers(0, 2**31),
+       grid_ratio=st.sampled_from(GRID_RATIOS))
+def test_every_sample_has_exactly_round_ratio_L_masked(name, ratio, height, width, batch, seed, grid_ratio):
+    if name == "grid":  # grid makes only the ratios 1 - 1/(a*b); others are a validation error
+        ratio = grid_ratio
     mask = make(name, batch, (height, width), ratio, seed)
     length = height * width
     assert mask.shape == (batch, length) and mask.dtype == torch.bool
@@ -64,12 +70,44 @@ def regions(mask2d: torch.Tensor) -> int:
     return count
 
 
-def test_block_masks_form_fewer_larger_regions_than_random():
-    block = make("block", 32, (14, 14), 0.4).view(32, 14, 14)
-    rand = make("random", 32, (14, 14), 0.4).view(32, 14, 14)
-    block_regions = sum(regions(m) for m in block) / 32
+@pytest.mark.parametrize("name", ["block", "walker", "coarse"])
+@pytest.mark.parametrize("ratio", [0.4, 0.6])
+def test_structured_masks_form_fewer_larger_regions_than_random(name, ratio):
+    structured = make(name, 32, (14, 14), ratio).view(32, 14, 14)
+    rand = make("random", 32, (14, 14), ratio).view(32, 14, 14)
+    structured_regions = sum(regions(m) for m in structured) / 32
     random_regions = sum(regions(m) for m in rand) / 32
-    assert block_regions < random_regions / 3, (block_regions, random_regions)
+    assert structured_regions < random_regions / 2, (structured_regions, random_regions)
+
+
+def test_walker_paths_are_connected_between_jumps():
+    # with jumps effectively disabled, one walk: a single connected region
+    mask = make("walker", 16, (10, 10), 0.3, restart_after=10**6).view(16, 10, 10)
+    assert all(regions(m) == 1 for m in mask)
+
+
+def test_tube_masks_are_identical_across_frames():
+    params = masking.resolve_params("tube", {"spatial": "block"}, 0.9, (14, 14))
+    mask = masking.generate("tube", 8, (14, 14), 0.9, params, torch.Generator().manual_seed(0), frames=8)
+    assert mask.shape == (8, 8, 196)
+    assert (mask == mask[:, :1]).all()
+    assert (mask.sum(-1) == masking.num_masked(196, 0.9)).all()
+    assert not (mask[0, 0] == mask[1, 0]).all()
+    framewise = masking.generate("random", 8, (14, 14), 0.9, {}, torch.Generator().manual_seed(0), frames=8)
+    assert not (framewise == framewise[:, :1]).all()  # other strategies mask each frame anew
+
+
+def test_coarse_masks_whole_cells():
+    mask = make("coarse", 16, (8, 8), 0.75, scale=2).view(16, 4, 2, 4, 2)
+    cells = mask.sum(dim=(2, 4))  # 2x2 cells: fully masked or fully visible
+    assert ((cells == 0) | (cells == 4)).all()
+
+
+def test_multi_uses_every_strategy_by_weight():
+    grid_pattern = make("grid", 1, (8, 8), 0.75)[0]
+    mask = make("multi", 4000, (8, 8), 0.75, weights={"grid": 1, "random": 3})
+    share = (mask == grid_pattern).all(dim=1).float().mean().item()
+    assert 0.22 < share < 0.28, share  # a random mask equal to the grid pattern is vanishingly rare
 
 
 def test_random_masking_covers_positions_uniformly():
@@ -78,9 +116,22 @@ def test_random_masking_covers_positions_uniformly():
 
 
 def test_bad_strategy_or_parameter_is_a_one_line_error():
-    with pytest.raises(ConfigError, match=r"masking.strategy: 'spiral' is not allowed; allowed: random, block, grid"):
+    with pytest.raises(ConfigError, match=r"masking.strategy: 'spiral' is not allowed; allowed: random, block, grid, "
+                                          r"walker, tube, coarse, multi$"):
         masking.resolve_params("spiral", {}, 0.75, (8, 8))
     with pytest.raises(ConfigError, match=r"masking.params.min_aspect: 0.0 is out of range"):
         masking.resolve_params("block", {"min_aspect": 0.0}, 0.75, (8, 8))
     with pytest.raises(ConfigError, match=r"masking.params.random_offset: 'yes' has the wrong type"):
         masking.resolve_params("grid", {"random_offset": "yes"}, 0.75, (8, 8))
+    with pytest.raises(ConfigError, match=r"masking.ratio: 0.6 cannot be made by grid masking .* allowed: 1 - 1/\(a\*b\)"):
+        masking.resolve_params("grid", {}, 0.6, (8, 8))
+    with pytest.raises(ConfigError, match=r"masking.params.weights.spiral: not a strategy to mix"):
+        masking.resolve_params("multi", {"weights": {"spiral": 1}}, 0.75, (8, 8))
+    with pytest.raises(ConfigError, match=r"masking.params.params.block.attempts: 0 is out of range"):
+        masking.resolve_params("multi", {"weights": {"block": 1}, "params": {"block": {"attempts": 0}}}, 0.75, (8, 8))
+    with pytest.raises(ConfigError, match=r"masking.params.restart_after: 0 is out of range"):
+        masking.resolve_params("walker", {"restart_after": 0}, 0.75, (8, 8))
+    for name, params in [("tube", {"spatial": "tube"}), ("coarse", {"scale": 0})]:
+        with pytest.raises(ConfigError) as err:
+            masking.resolve_params(name, params, 0.75, (8, 8))
+        assert "\n" not in str(err.value) and "allowed" in str(err.value)
