@@ -220,6 +220,11 @@ LAUNCH_SCHEMA: dict = {
     "account": Option(None, str, nullable=True),
     "qos": Option(None, str, nullable=True),
     "additional": Option({}, dict, help="raw sbatch options"),
+    "tasks_per_node": Option(1, int, low=1, help="slurm: processes per node (one per GPU for DDP)"),
+    "nodes": Option(1, int, low=1),
+    "checkpoint_every": Option(0, int, low=0, help="save a checkpoint every N pre-training epochs; 0 = only "
+                                                   "when preempted (slurm)"),
+    "max_requeues": Option(3, int, low=0, help="slurm: how many time-outs a run may be requeued after"),
 }
 
 

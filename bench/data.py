@@ -86,12 +86,13 @@ class ImageSet:
         return self._on_device[key]
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                drop_last: bool = False, device="cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                drop_last: bool = False, device="cpu", start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of (uint8 images, labels) on `device`, from batch number `start` on."""
         images, labels = self.on(device)
         n = len(self)
         order = batch_order(n, seed, epoch).to(images.device) if shuffle else None
         stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
+        for start in range(start * batch_size, stop, batch_size):
             if order is None:
                 yield images[start:start + batch_size], labels[start:start + batch_size]
             else:
@@ -124,8 +125,9 @@ class ImageFolderSet:
         return self.length
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                drop_last: bool = False, device="cpu"):
+                drop_last: bool = False, device="cpu", start: int = 0):
         order = batch_order(self.length, seed, epoch).tolist() if shuffle else list(range(self.length))
+        order = order[start * batch_size:]
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(self.folder, order), batch_size=batch_size, shuffle=False,
             num_workers=self.workers, drop_last=drop_last, pin_memory=torch.device(device).type == "cuda",

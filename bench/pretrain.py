@@ -15,6 +15,7 @@ import torch
 
 from bench import masking
 from bench.augment import augment, normalize
+from bench.checkpoint import Checkpointer
 from bench.models_mae import MaskedAutoencoderViT, build_mae
 from bench.optim import lr_at, scaled_lr, set_lr, weight_decay_groups
 from bench.targets import build_target
@@ -26,8 +27,13 @@ def epoch_generator(seed: int, epoch: int, device: torch.device, stream: int = 0
 
 
 def pretrain(cfg: dict, train_set, device: torch.device,
-             log: Callable[[dict], None] = lambda row: None) -> tuple[MaskedAutoencoderViT, dict]:
-    """Pre-train an MAE on `train_set`; returns the model and {'images_per_s', 'wall_s', 'final_loss'}."""
+             log: Callable[[dict], None] = lambda row: None,
+             checkpointer: Checkpointer | None = None) -> tuple[MaskedAutoencoderViT, dict]:
+    """Pre-train an MAE on `train_set`; returns the model and {'images_per_s', 'wall_s', 'final_loss'}.
+
+    With a checkpointer: resume from its checkpoint if there is one, save one every
+    `every_epochs` epochs, and on a preemption request save at the next step and hand over.
+    """
     pcfg, mcfg, data = cfg["pretrain"], cfg["masking"], cfg["data"]
     torch.manual_seed(cfg["seed"])
     target = build_target(pcfg["target"])
@@ -40,15 +46,32 @@ def pretrain(cfg: dict, train_set, device: torch.device,
     steps_per_epoch = len(train_set) // batch_size
     grid = (model.grid, model.grid)
 
+    # where to start: the beginning, or exactly where the checkpoint left off
+    start_epoch, start_step, losses, images_seen, wall_before = 0, 0, [], 0, 0.0
+    resumed = checkpointer.load() if checkpointer else None
+    if resumed:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        torch.set_rng_state(resumed["torch_rng"])
+        start_epoch, start_step = resumed["epoch"], resumed["step"]
+        losses = [torch.tensor(v) for v in resumed["epoch_losses"]]
+        images_seen, wall_before = resumed["images_seen"], resumed["wall_s"]
+
     model.train()
     start = time.perf_counter()
-    images_seen, loss_value = 0, math.nan
-    for epoch in range(pcfg["epochs"]):
-        epoch_start, losses, seen = time.perf_counter(), [], 0
+    loss_value, lr = math.nan, base_lr
+    for epoch in range(start_epoch, pcfg["epochs"]):
+        epoch_start, seen = time.perf_counter(), 0
         gen = epoch_generator(cfg["seed"], epoch, device)
+        first_step = 0
+        if resumed and epoch == start_epoch and start_step > 0:
+            gen.set_state(resumed["generator"])
+            first_step = start_step
+        else:
+            losses = []
         batches = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"], epoch=epoch,
-                                    drop_last=True, device=device)
-        for step, (images, _) in enumerate(batches):
+                                    drop_last=True, device=device, start=first_step)
+        for step, (images, _) in enumerate(batches, start=first_step):
             lr = lr_at(epoch + step / steps_per_epoch, base_lr, pcfg["min_lr"], pcfg["warmup_epochs"],
                        pcfg["epochs"])
             set_lr(optimizer, lr)
@@ -63,10 +86,28 @@ def pretrain(cfg: dict, train_set, device: torch.device,
             optimizer.step()
             losses.append(loss.detach())
             seen += x.shape[0]
+            if checkpointer and checkpointer.stop_requested and step + 1 < steps_per_epoch:
+                checkpointer.save(_state(model, optimizer, epoch, step + 1, gen, losses, images_seen + seen,
+                                         wall_before + time.perf_counter() - start))
+                checkpointer.hand_over()
         loss_value = torch.stack(losses).mean().item()
         elapsed = time.perf_counter() - epoch_start
         images_seen += seen
         log({"phase": "pretrain", "epoch": epoch + 1, "loss": loss_value, "lr": lr,
-             "images_per_s": seen / elapsed, "wall_s": time.perf_counter() - start})
-    wall = time.perf_counter() - start
-    return model, {"images_per_s": images_seen / wall, "wall_s": wall, "final_loss": loss_value}
+             "images_per_s": seen / elapsed, "wall_s": wall_before + time.perf_counter() - start})
+        if checkpointer and (checkpointer.stop_requested or checkpointer.due(epoch + 1)):
+            checkpointer.save(_state(model, optimizer, epoch + 1, 0, None, [], images_seen,
+                                     wall_before + time.perf_counter() - start))
+            if checkpointer.stop_requested:
+                checkpointer.hand_over()
+    wall = wall_before + time.perf_counter() - start
+    return model, {"images_per_s": images_seen / max(wall, 1e-9), "wall_s": wall, "final_loss": loss_value}
+
+
+def _state(model, optimizer, epoch: int, step: int, gen: torch.Generator | None, losses: list,
+           images_seen: int, wall_s: float) -> dict:
+    """A checkpoint at the start of step `step` of epoch `epoch`."""
+    return {"phase": "pretrain", "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "epoch": epoch, "step": step, "generator": gen.get_state() if gen is not None else None,
+            "torch_rng": torch.get_rng_state(), "epoch_losses": [v.item() for v in losses],
+            "images_seen": images_seen, "wall_s": wall_s}

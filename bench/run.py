@@ -17,6 +17,7 @@ from pathlib import Path
 import timm
 import torch
 
+from bench.checkpoint import Checkpointer, Preempted
 from bench.config import run_id as config_run_id
 from bench.data import load_dataset
 from bench.evals import EVALS
@@ -53,13 +54,27 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_failure: bool = True) -> dict:
-    """Execute one run. Returns {'run_id', 'status': 'done'|'failed', ...}."""
+def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_failure: bool = True,
+            catch_preemption: bool = False) -> dict:
+    """Execute one run. Returns {'run_id', 'status': 'done'|'failed', ...}.
+
+    A checkpoint left in the run folder (by a preempted or killed attempt of this same config)
+    is resumed. With `catch_preemption`, SIGUSR2 saves a checkpoint at the next training step
+    and is then handed to submitit, which requeues the job.
+    """
     rid = config_run_id(config)
     folder = RunFolder(results_root, study, rid)
     if launch.get("threads"):
         torch.set_num_threads(launch["threads"])
-    folder.start(config)
+    checkpointer = Checkpointer(folder.checkpoint_path, launch.get("checkpoint_every", 0))
+    saved = checkpointer.load()
+    if saved is None:
+        folder.start(config)
+    else:
+        folder.resume(config, pretrain_epochs_done=saved["epoch"])
+    if catch_preemption:
+        checkpointer.install()
+    keep_checkpoints = catch_preemption or checkpointer.every_epochs > 0
     try:
         device = pick_device(launch.get("device", "auto"))
         start = time.perf_counter()
@@ -67,11 +82,18 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
         train_set = load_dataset(config["data"], "train", data_root)
         test_set = load_dataset(config["data"], "test", data_root)
         log = folder.log_metrics
-        model, stats = pretrain(config, train_set, device, log)
-        encoder_state = model.encoder_state_dict()
-        n_params = sum(p.numel() for p in model.parameters())
+        if saved is not None and saved["phase"] == "evals":  # pre-training had finished
+            encoder_state, stats, n_params = saved["encoder"], saved["stats"], saved["n_params"]
+        else:
+            model, stats = pretrain(config, train_set, device, log, checkpointer)
+            encoder_state = model.encoder_state_dict()
+            n_params = sum(p.numel() for p in model.parameters())
+            del model
+            if keep_checkpoints:
+                checkpointer.save({"phase": "evals", "epoch": config["pretrain"]["epochs"],
+                                   "encoder": encoder_state, "stats": stats, "n_params": n_params})
+        checkpointer.defer = False  # the evals restart from the encoder if interrupted
         n_params_encoder = sum(v.numel() for k, v in encoder_state.items() if k != "pos_embed")
-        del model
         evals = {}
         for name, evaluate in EVALS.items():
             if config["evals"][name]["enabled"]:
@@ -99,7 +121,10 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
             "config": config,  # the resolved config again, so result.json alone says what was run
         }
         folder.write_result(result)
+        checkpointer.remove()
         return {"run_id": rid, "status": "done", "result": result}
+    except Preempted:
+        raise
     except Exception as err:
         folder.write_error(traceback.format_exc())
         if raise_on_failure:

@@ -61,6 +61,18 @@ class RunFolder:
         self.metrics_path.unlink(missing_ok=True)
         self.error_path.unlink(missing_ok=True)
 
+    def resume(self, config: dict, pretrain_epochs_done: int) -> None:
+        """Begin again from a checkpoint: keep the metrics of the pre-training epochs it covers."""
+        if self.read_config() != config:
+            raise ValueError(f"{self.path}: config.yaml does not match the run's config; not resuming")
+        kept = [row for row in self.read_metrics()
+                if row.get("phase") == "pretrain" and row.get("epoch", 0) <= pretrain_epochs_done]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        self.result_path.unlink(missing_ok=True)
+        self.error_path.unlink(missing_ok=True)
+        with open(self.path / "resumed.log", "a") as f:
+            f.write(f"resumed after pre-training epoch {pretrain_epochs_done}\n")
+
     def log_metrics(self, row: dict) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
