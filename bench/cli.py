@@ -3,6 +3,8 @@
     mimbench plan ablations/quickstart.yaml          what would run, what is done; runs nothing
     mimbench run  ablations/quickstart.yaml          run what is not done, then write the report
     mimbench report results/quickstart               tables and plots from finished runs
+    mimbench status quickstart                       done / running / pending / failed per run
+    mimbench cancel quickstart                       scancel the study's live SLURM jobs
 
 Bad input stops with one line (file, key, allowed values) and exit status 2.
 """
@@ -94,7 +96,9 @@ def cmd_run(args) -> int:
     err.print(f"study [bold]{study.name}[/]: {total} runs, executor {study.launch['executor']}")
     outcome = launch_study(study, args.results, force=args.force, wait=not args.no_wait, console=err)
     err.print(f"{len(outcome.done)} finished, {len(outcome.skipped)} already done (skipped), "
-              f"{len(outcome.failed)} failed" + (f", {len(outcome.submitted)} submitted" if outcome.submitted else ""))
+              f"{len(outcome.failed)} failed" + (f", {len(outcome.submitted)} submitted" if outcome.submitted else "")
+              + (f", {len(outcome.already_running)} still queued or running from an earlier launch"
+                 if outcome.already_running else ""))
     for rid, line in outcome.failed.items():
         err.print(f"[red]failed[/] {rid}: {line} (traceback in {Path(args.results) / study.name / rid / 'error.txt'})")
     if not args.no_report and not outcome.submitted and (outcome.done or outcome.skipped):
@@ -109,6 +113,43 @@ def cmd_report(args) -> int:
     if not study_dir.is_dir():
         raise ConfigError("STUDY_DIR", f"{study_dir} is not a folder; allowed: results/<study>")
     _print_report(write_report(study_dir, args.reports), Console())
+    return 0
+
+
+def _study_dir(args) -> Path:
+    """A study given as results/<study>, <study>, or its spec file."""
+    target = Path(args.study)
+    if target.suffix in (".yaml", ".yml") and target.is_file():
+        from bench.spec import load_study
+        return Path(args.results) / load_study(target, {}).name
+    return target if target.is_dir() and target.parent != Path(".") else Path(args.results) / args.study
+
+
+def cmd_status(args) -> int:
+    from bench.status import study_status
+    from bench.store import read_study_manifest
+
+    studies = [_study_dir(args)] if args.study else sorted(
+        p for p in Path(args.results).iterdir() if p.is_dir() and not p.name.startswith("."))
+    out = Console()
+    for study_dir in studies:
+        statuses = study_status(study_dir, read_study_manifest(study_dir).get("runs"))
+        counts = {}
+        for s in statuses:
+            counts[s.state] = counts.get(s.state, 0) + 1
+        out.print(f"[bold]{study_dir.name}[/]: " + ", ".join(f"{n} {state}" for state, n in counts.items()))
+        table = Table("run id", "state", "job", "resumed", "detail")
+        for s in statuses:
+            table.add_row(s.run_id, s.state, s.job_id or "", str(s.resumed), s.detail)
+        out.print(table)
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from bench.status import cancel_study
+
+    ids = cancel_study(_study_dir(args))
+    print(f"cancelled {len(ids)} job(s)" + (": " + " ".join(ids) if ids else ""))
     return 0
 
 
@@ -136,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_dir", help="results/<study>")
     p.add_argument("--reports", default="reports")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("status", help="done / running / pending / failed / interrupted, per run")
+    p.add_argument("study", nargs="?", help="study name, results/<study> or its spec (default: all)")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a study's pending and running SLURM jobs")
+    p.add_argument("study", help="study name, results/<study> or its spec")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_cancel)
     return parser
 
 

@@ -22,6 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.run import run_one
 from bench.spec import Run, Study
+from bench.config import ConfigError
+from bench.status import live_run_ids, write_job
 from bench.store import RunFolder, write_study_manifest
 
 
@@ -31,6 +33,7 @@ class LaunchOutcome:
     failed: dict[str, str] = field(default_factory=dict)  # run_id -> last line of the error
     skipped: list[str] = field(default_factory=list)
     submitted: list[str] = field(default_factory=list)  # when not waiting (slurm --no-wait)
+    already_running: list[str] = field(default_factory=list)  # live SLURM jobs of an earlier launch
 
 
 def planned_epochs(config: dict) -> int:
@@ -98,6 +101,13 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
                          study.axes, [r.run_id for r in study.runs])
     todo, done = runs_to_do(study, results_root, force)
     outcome = LaunchOutcome(skipped=[r.run_id for r in done])
+    live = live_run_ids(Path(results_root) / study.name, [r.run_id for r in todo])
+    if live:  # pending or running on SLURM from an earlier launch: leave them be
+        outcome.already_running = sorted(live)
+        todo = [r for r in todo if r.run_id not in live]
+    if force:  # start over: no resuming from an earlier attempt's checkpoint
+        for run in todo:
+            RunFolder(results_root, study.name, run.run_id).checkpoint_path.unlink(missing_ok=True)
     if not todo:
         return outcome
     launch = dict(study.launch)
@@ -136,11 +146,14 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
                         del running[rid]
         return outcome
 
-    # slurm: one job array
-    executor = submitit.AutoExecutor(folder=logs, cluster="slurm")
+    # slurm: one job array of checkpointable runs
+    if launch["tasks_per_node"] * launch["nodes"] > 1:
+        raise ConfigError("launch.tasks_per_node", "multi-process runs (DDP) are not supported yet; allowed: 1 "
+                                                   "task on 1 node")
+    executor = submitit.AutoExecutor(folder=logs, cluster="slurm", slurm_max_num_timeout=launch["max_requeues"])
     params = dict(timeout_min=launch["timeout_min"], slurm_array_parallelism=launch["parallel"],
-                  gpus_per_node=launch["gpus_per_node"], tasks_per_node=1, nodes=1,
-                  name=f"mimbench-{study.name}")
+                  gpus_per_node=launch["gpus_per_node"], tasks_per_node=launch["tasks_per_node"],
+                  nodes=launch["nodes"], name=f"mimbench-{study.name}")
     optional = {"slurm_partition": launch["partition"], "cpus_per_task": launch["cpus_per_task"],
                 "mem_gb": launch["mem_gb"], "slurm_constraint": launch["constraint"],
                 "slurm_account": launch["account"], "slurm_qos": launch["qos"],
@@ -150,7 +163,9 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
     if launch["cpus_per_task"] and not launch["threads"]:
         launch["threads"] = launch["cpus_per_task"]
     n = len(todo)
-    jobs = executor.map_array(run_one, [r.config for r in todo], [study.name] * n, [results_root] * n, [launch] * n)
+    jobs = executor.map_array(RunJob(), [r.config for r in todo], [study.name] * n, [results_root] * n, [launch] * n)
+    for run, job in zip(todo, jobs):
+        write_job(RunFolder(results_root, study.name, run.run_id), job.job_id, "slurm")
     if not wait:
         outcome.submitted = [r.run_id for r in todo]
         return outcome
@@ -167,6 +182,18 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
                     progress.finished(run)
                     del running[rid]
     return outcome
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """One run as a SLURM job: SIGUSR2 (time limit, preemption) saves a checkpoint and requeues.
+
+    `run_one` saves the checkpoint at the next training step and hands the signal to
+    submitit, which calls `checkpoint` — the inherited one resubmits this same call — and
+    requeues the job; the new attempt resumes from the checkpoint in the run folder.
+    """
+
+    def __call__(self, config: dict, study: str, results_root: str, launch: dict) -> dict:
+        return run_one(config, study, results_root, launch, raise_on_failure=True, catch_preemption=True)
 
 
 def _record(outcome: LaunchOutcome, run: Run, returned: dict) -> None:

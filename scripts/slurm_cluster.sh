@@ -21,7 +21,12 @@ LOG_DIR=/var/log/slurm
 WAIT_S=${MIMBENCH_SLURM_WAIT:-30}
 PROG="slurm_cluster.sh"
 
-die() { echo "$PROG: $*" >&2; exit 1; }
+STARTED=()   # daemons this invocation of `up` started; stopped again if `up` then fails
+die() {
+  echo "$PROG: $*" >&2
+  local d; for d in "${STARTED[@]}"; do stop_pid "$d" >/dev/null 2>&1; done
+  exit 1
+}
 note() { echo "$PROG: $*" >&2; }
 
 need_root() {
@@ -66,6 +71,12 @@ record_pid() {  # record_pid NAME DAEMON_PIDFILE: wait for the daemon's own pid 
   fi
   [ -n "$pid" ] || return 1
   mkdir -p "$STATE_DIR"; echo "$pid" >"$STATE_DIR/$name.pid"
+  STARTED=("$name" "${STARTED[@]}")
+}
+
+lock() {  # one up/down at a time on this machine (several test sessions may share it)
+  command -v flock >/dev/null 2>&1 || return 0
+  exec 9>/run/mimbench-slurm.lock && flock -w 300 9 || die "another slurm_cluster.sh kept /run/mimbench-slurm.lock for 300s"
 }
 
 stop_pid() {  # stop_pid NAME: TERM (then KILL after 15 s) the daemon this script started
@@ -86,6 +97,7 @@ install_packages() {
   command -v sbatch >/dev/null 2>&1 && command -v srun >/dev/null 2>&1 || missing+=(slurm-client)
   { command -v munged >/dev/null 2>&1 || [ -x /usr/sbin/munged ]; } && command -v munge >/dev/null 2>&1 || missing+=(munge)
   [ ${#missing[@]} -eq 0 ] && return 0
+  [ "${MIMBENCH_SLURM_NO_INSTALL:-0}" = 1 ] && die "cannot start: missing ${missing[*]} (MIMBENCH_SLURM_NO_INSTALL=1)"
   command -v apt-get >/dev/null 2>&1 || die "cannot start: missing ${missing[*]} and no apt-get to install them"
   note "installing ${missing[*]}"
   local apt=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}")
@@ -162,6 +174,7 @@ SlurmdTimeout=300
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
+MailProg=/bin/true
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldPidFile=/run/slurm/slurmctld.pid
@@ -173,16 +186,23 @@ PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP DefMemPerC
 EOF
 }
 
+foreign_conf() { [ -e "$CONF" ] && ! head -n 1 "$CONF" | grep -qxF "$HEADER"; }
+check_conf() {
+  if foreign_conf && [ "${MIMBENCH_SLURM_FORCE:-0}" != 1 ]; then
+    die "cannot start: $CONF exists and was not written by this script (set MIMBENCH_SLURM_FORCE=1 to replace it)"
+  fi
+}
+
 CONF_CHANGED=0
 write_conf() {
   local node=$1 new
   new=$(render_conf "$node")
   mkdir -p "$(dirname "$CONF")"
-  if [ -e "$CONF" ] && ! head -n 1 "$CONF" | grep -qxF "$HEADER"; then
+  if foreign_conf; then
     [ "${MIMBENCH_SLURM_FORCE:-0}" = 1 ] \
       || die "cannot start: $CONF exists and was not written by this script (set MIMBENCH_SLURM_FORCE=1 to replace it)"
     local bak; bak="$CONF.mimbench-bak.$(date +%Y%m%d%H%M%S)"
-    cp -p "$CONF" "$bak" && note "moved the foreign $CONF to $bak"
+    cp -p "$CONF" "$bak" && note "replacing the foreign $CONF (copy kept in $bak)"
   fi
   if [ -e "$CONF" ] && [ "$(cat "$CONF")" = "$new" ]; then return 0; fi
   printf '%s\n' "$new" >"$CONF.tmp.$$" && chmod 0644 "$CONF.tmp.$$" && mv -f "$CONF.tmp.$$" "$CONF" \
@@ -215,6 +235,8 @@ cmd_up() {
   local node st t0 ctld_started=0
   t0=$(date +%s.%N)
   node=$(node_name); [ -n "$node" ] || die "cannot start: empty hostname"
+  lock
+  running slurmctld || check_conf   # refuse before starting anything
   install_packages
   start_munge
   mkdir -p /var/spool/slurmctld /var/spool/slurmd "$LOG_DIR" /run/slurm "$STATE_DIR"
@@ -249,6 +271,7 @@ cmd_up() {
 cmd_down() {
   need_root down
   local ids i
+  lock
   if command -v squeue >/dev/null 2>&1 && scontrol ping 2>/dev/null | grep -q UP; then
     ids=$(squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')
     if [ -n "${ids// /}" ]; then

@@ -19,3 +19,6 @@ TINY_BASE = {
 @pytest.fixture
 def tiny_base():
     return copy.deepcopy(TINY_BASE)
+
+
+from slurm_fixture import slurm_cluster  # noqa: E402,F401  (a real one-node SLURM cluster)
