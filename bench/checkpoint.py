@@ -33,7 +33,10 @@ class Checkpointer:
 
     # -- files
     def save(self, state: dict) -> None:
-        """Write atomically: a checkpoint cut short by a kill is never read."""
+        """Write atomically: a checkpoint cut short by a kill is never read. Only the main process writes."""
+        from bench.distributed import current
+        if not current().is_main:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".checkpoint.", suffix=".tmp")
         os.close(fd)

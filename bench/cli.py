@@ -23,7 +23,8 @@ LAUNCH_FLAGS = {  # command-line flag -> launch key
     "executor": "executor", "parallel": "parallel", "threads": "threads", "device": "device",
     "timeout_min": "timeout_min", "partition": "partition", "gpus_per_node": "gpus_per_node",
     "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb", "constraint": "constraint",
-    "account": "account", "qos": "qos", "data_root": "data_root",
+    "account": "account", "qos": "qos", "data_root": "data_root", "tasks_per_node": "tasks_per_node",
+    "nodes": "nodes", "checkpoint_every": "checkpoint_every",
 }
 
 
@@ -37,6 +38,9 @@ def _add_launch_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--partition")
     g.add_argument("--gpus-per-node", type=int)
     g.add_argument("--cpus-per-task", type=int)
+    g.add_argument("--tasks-per-node", type=int, help="slurm: processes per node, one per GPU (DDP)")
+    g.add_argument("--nodes", type=int)
+    g.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N pre-training epochs")
     g.add_argument("--mem-gb", type=float)
     g.add_argument("--constraint")
     g.add_argument("--account")

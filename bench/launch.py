@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import submitit
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.run import run_one
 from bench.spec import Run, Study
-from bench.config import ConfigError
+from bench import distributed
 from bench.status import live_run_ids, write_job
 from bench.store import RunFolder, write_study_manifest
 
@@ -147,9 +148,6 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
         return outcome
 
     # slurm: one job array of checkpointable runs
-    if launch["tasks_per_node"] * launch["nodes"] > 1:
-        raise ConfigError("launch.tasks_per_node", "multi-process runs (DDP) are not supported yet; allowed: 1 "
-                                                   "task on 1 node")
     executor = submitit.AutoExecutor(folder=logs, cluster="slurm", slurm_max_num_timeout=launch["max_requeues"])
     params = dict(timeout_min=launch["timeout_min"], slurm_array_parallelism=launch["parallel"],
                   gpus_per_node=launch["gpus_per_node"], tasks_per_node=launch["tasks_per_node"],
@@ -193,7 +191,13 @@ class RunJob(submitit.helpers.Checkpointable):
     """
 
     def __call__(self, config: dict, study: str, results_root: str, launch: dict) -> dict:
-        return run_one(config, study, results_root, launch, raise_on_failure=True, catch_preemption=True)
+        device = launch.get("device", "auto")
+        distributed.init_from_submitit("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
+                                       else "cpu")
+        try:
+            return run_one(config, study, results_root, launch, raise_on_failure=True, catch_preemption=True)
+        finally:
+            distributed.shutdown()
 
 
 def _record(outcome: LaunchOutcome, run: Run, returned: dict) -> None:
@@ -205,7 +209,7 @@ def _record(outcome: LaunchOutcome, run: Run, returned: dict) -> None:
 
 def _collect(outcome: LaunchOutcome, run: Run, job, results_root: str, study: str) -> None:
     try:
-        _record(outcome, run, job.result())
+        _record(outcome, run, job.results()[0])  # task 0 (the main process) holds the run's outcome
     except Exception as err:  # the job raised, was killed, or timed out
         folder = RunFolder(results_root, study, run.run_id)
         outcome.failed[run.run_id] = _last_error_line(folder, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from bench import masking
+from bench import distributed, masking
 from bench.augment import augment, normalize
 from bench.checkpoint import Checkpointer
 from bench.models_mae import MaskedAutoencoderViT, build_mae
@@ -35,6 +35,7 @@ def pretrain(cfg: dict, train_set, device: torch.device,
     `every_epochs` epochs, and on a preemption request save at the next step and hand over.
     """
     pcfg, mcfg, data = cfg["pretrain"], cfg["masking"], cfg["data"]
+    rank = distributed.current()
     torch.manual_seed(cfg["seed"])
     target = build_target(pcfg["target"])
     patch_dim = cfg["model"]["patch_size"] ** 2 * train_set.channels
@@ -45,6 +46,10 @@ def pretrain(cfg: dict, train_set, device: torch.device,
     batch_size = min(pcfg["batch_size"], len(train_set))
     steps_per_epoch = len(train_set) // batch_size
     grid = (model.grid, model.grid)
+    if batch_size % rank.world:
+        raise ValueError(f"pretrain.batch_size {batch_size} does not split over {rank.world} processes")
+    share = slice(rank.rank * batch_size // rank.world, (rank.rank + 1) * batch_size // rank.world)
+    step_model = model if rank.world == 1 else torch.nn.parallel.DistributedDataParallel(model)
 
     # where to start: the beginning, or exactly where the checkpoint left off
     start_epoch, start_step, losses, images_seen, wall_before = 0, 0, [], 0, 0.0
@@ -78,23 +83,27 @@ def pretrain(cfg: dict, train_set, device: torch.device,
             x = normalize(augment(images, data["augmentation"], data["img_size"], gen),
                           train_set.mean, train_set.std)
             mask = masking.generate(mcfg["strategy"], x.shape[0], grid, mcfg["ratio"], mcfg["params"], gen, device)
-            loss, _ = model(x, mask, target)
+            loss, _ = step_model(x[share], mask[share], target)  # this process's slice of the batch
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"pre-training loss is {loss.item()} at epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(loss.detach())
+            losses.append(distributed.mean_across(loss.detach(), rank))
             seen += x.shape[0]
-            if checkpointer and checkpointer.stop_requested and step + 1 < steps_per_epoch:
+            stop = checkpointer is not None and distributed.any_across(checkpointer.stop_requested, rank, device)
+            if checkpointer is not None:
+                checkpointer.stop_requested = stop
+            if stop and step + 1 < steps_per_epoch:
                 checkpointer.save(_state(model, optimizer, epoch, step + 1, gen, losses, images_seen + seen,
                                          wall_before + time.perf_counter() - start))
                 checkpointer.hand_over()
         loss_value = torch.stack(losses).mean().item()
         elapsed = time.perf_counter() - epoch_start
         images_seen += seen
-        log({"phase": "pretrain", "epoch": epoch + 1, "loss": loss_value, "lr": lr,
-             "images_per_s": seen / elapsed, "wall_s": wall_before + time.perf_counter() - start})
+        if rank.is_main:
+            log({"phase": "pretrain", "epoch": epoch + 1, "loss": loss_value, "lr": lr,
+                 "images_per_s": seen / elapsed, "wall_s": wall_before + time.perf_counter() - start})
         if checkpointer and (checkpointer.stop_requested or checkpointer.due(epoch + 1)):
             checkpointer.save(_state(model, optimizer, epoch + 1, 0, None, [], images_seen,
                                      wall_before + time.perf_counter() - start))

@@ -17,6 +17,7 @@ from pathlib import Path
 import timm
 import torch
 
+from bench import distributed
 from bench.checkpoint import Checkpointer, Preempted
 from bench.config import run_id as config_run_id
 from bench.data import load_dataset
@@ -40,12 +41,12 @@ def git_commit() -> str:
     return (commit or "unknown") + ("-dirty" if dirty else "")
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("launch.device is cuda but no CUDA device is visible")
-    return torch.device(name)
+    return torch.device(f"cuda:{local_rank}") if name == "cuda" else torch.device(name)
 
 
 def device_name(device: torch.device) -> str:
@@ -68,6 +69,15 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
         torch.set_num_threads(launch["threads"])
     checkpointer = Checkpointer(folder.checkpoint_path, launch.get("checkpoint_every", 0))
     saved = checkpointer.load()
+    rank = distributed.current()
+    if not rank.is_main:  # a DDP worker: trains its share of every batch; the main process writes
+        device = pick_device(launch.get("device", "auto"), rank.local_rank)
+        if catch_preemption:
+            checkpointer.install()
+        if saved is None or saved["phase"] == "pretrain":
+            pretrain(config, load_dataset(config["data"], "train", launch.get("data_root")), device,
+                     checkpointer=checkpointer)
+        return {"run_id": rid, "status": "done", "rank": rank.rank}
     if saved is None:
         folder.start(config)
     else:
@@ -76,7 +86,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
         checkpointer.install()
     keep_checkpoints = catch_preemption or checkpointer.every_epochs > 0
     try:
-        device = pick_device(launch.get("device", "auto"))
+        device = pick_device(launch.get("device", "auto"), rank.local_rank)
         start = time.perf_counter()
         data_root = launch.get("data_root")
         train_set = load_dataset(config["data"], "train", data_root)
@@ -86,6 +96,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
             encoder_state, stats, n_params = saved["encoder"], saved["stats"], saved["n_params"]
         else:
             model, stats = pretrain(config, train_set, device, log, checkpointer)
+            distributed.shutdown()  # the evals run in the main process alone
             encoder_state = model.encoder_state_dict()
             n_params = sum(p.numel() for p in model.parameters())
             del model

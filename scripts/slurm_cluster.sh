@@ -74,7 +74,8 @@ record_pid() {  # record_pid NAME DAEMON_PIDFILE: wait for the daemon's own pid 
   STARTED=("$name" "${STARTED[@]}")
 }
 
-lock() {  # one up/down at a time on this machine (several test sessions may share it)
+lock() {  # one up/down at a time on this machine (several test sessions may share it);
+  # fd 9 holds the lock: daemons are started with 9>&- so they do not keep it
   command -v flock >/dev/null 2>&1 || return 0
   exec 9>/run/mimbench-slurm.lock && flock -w 300 9 || die "another slurm_cluster.sh kept /run/mimbench-slurm.lock for 300s"
 }
@@ -127,9 +128,9 @@ start_munge() {
   fi
   rm -f /run/munge/munged.pid
   if command -v runuser >/dev/null 2>&1; then
-    runuser -u munge -- /usr/sbin/munged --force >/dev/null 2>&1
+    runuser -u munge -- /usr/sbin/munged --force >/dev/null 2>&1 9>&-
   else
-    su -s /bin/sh munge -c "/usr/sbin/munged --force" >/dev/null 2>&1
+    su -s /bin/sh munge -c "/usr/sbin/munged --force" >/dev/null 2>&1 9>&-
   fi || die "cannot start: munged failed ($(tail -n 1 /var/log/munge/munged.log 2>/dev/null))"
   record_pid munged /run/munge/munged.pid || die "cannot start: munged did not stay up"
   local i; for i in $(seq 1 25); do munge_ok && return 0; sleep 0.2; done
@@ -245,7 +246,7 @@ cmd_up() {
     write_conf "$node"
     if [ $CONF_CHANGED = 1 ] && ours slurmd >/dev/null; then stop_pid slurmd >/dev/null; fi  # pick up the new node spec
     rm -f /run/slurm/slurmctld.pid
-    /usr/sbin/slurmctld -f "$CONF" || die "cannot start: slurmctld failed: $(last_error "$LOG_DIR/slurmctld.log")"
+    /usr/sbin/slurmctld -f "$CONF" 9>&- || die "cannot start: slurmctld failed: $(last_error "$LOG_DIR/slurmctld.log")"
     record_pid slurmctld /run/slurm/slurmctld.pid || die "cannot start: slurmctld exited: $(last_error "$LOG_DIR/slurmctld.log")"
     ctld_started=1
   elif [ ! -e "$CONF" ]; then
@@ -256,13 +257,16 @@ cmd_up() {
 
   if ! running slurmd; then
     rm -f /run/slurm/slurmd.pid
-    /usr/sbin/slurmd -f "$CONF" -N "$node" || die "cannot start: slurmd failed: $(last_error "$LOG_DIR/slurmd.log")"
+    /usr/sbin/slurmd -f "$CONF" -N "$node" 9>&- || die "cannot start: slurmd failed: $(last_error "$LOG_DIR/slurmd.log")"
     record_pid slurmd /run/slurm/slurmd.pid || die "cannot start: slurmd exited: $(last_error "$LOG_DIR/slurmd.log")"
   elif [ $ctld_started = 1 ] && [ $CONF_CHANGED = 1 ]; then
     scontrol reconfigure >/dev/null 2>&1 || true
   fi
 
-  st=$(wait_for_node "$node") || die "cannot start: node $node is '$st' after ${WAIT_S}s (logs: $LOG_DIR/slurmd.log, $LOG_DIR/slurmctld.log)"
+  if ! st=$(wait_for_node "$node"); then
+    local why; why=$(sinfo -h -n "$node" -o %E 2>/dev/null | head -n 1)
+    die "cannot start: node $node is '$st' after ${WAIT_S}s${why:+ (reason: $why)}; logs: $LOG_DIR/slurmd.log, $LOG_DIR/slurmctld.log"
+  fi
   printf 'slurm up: node %s %s, partition debug (%s CPUs, %s MB; %.1fs)\n' "$node" "$st" \
     "$(sinfo -h -n "$node" -o %c | head -n 1)" "$(sinfo -h -n "$node" -o %m | head -n 1)" \
     "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')"

@@ -118,3 +118,21 @@ def test_cancel_stops_a_study(slurm_cluster, tmp_path, tiny_base, capsys):
     assert main(["cancel", "cancel", "--results", str(tmp_path / "results")]) == 0
     assert "cancelled 1 job" in capsys.readouterr().out
     wait_until(lambda: study_status(study_dir)[0].state not in ("running", "pending"), 60, 1, "the cancel")
+
+
+def test_ddp_two_processes_follow_the_single_process_loss_curve(slurm_cluster, tmp_path, tiny_base):
+    tiny_base["pretrain"]["epochs"] = 3
+    config = resolve(tiny_base)
+    rid = run_id(config)
+    run_one(config, "one", str(tmp_path / "one"), {"device": "cpu", "threads": 1})
+    spec = write_spec(tmp_path, "ddp", tiny_base, {})
+    flags = slurm_flags(slurm_cluster, tmp_path)
+    assert main(["run", str(spec), *flags, "--tasks-per-node", "2", "--no-report"]) == 0
+    folder = RunFolder(tmp_path / "results", "ddp", rid)
+    assert list((tmp_path / "results" / "ddp" / ".submitit").glob("*_1_log.out"))
+
+    def curve(f):
+        return [r["loss"] for r in f.read_metrics() if r["phase"] == "pretrain"]
+    single = curve(RunFolder(tmp_path / "one", "one", rid))
+    assert len(curve(folder)) == len(single) == 3
+    assert curve(folder) == pytest.approx(single, rel=1e-4)
