@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench.run import run_one
 from bench.spec import Run, Study
 from bench import distributed
-from bench.status import live_run_ids, write_job
+from bench.status import live_run_ids, slurm_states, write_job
 from bench.store import RunFolder, write_study_manifest
 
 
@@ -99,7 +99,7 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
     console = console or Console(stderr=True)
     results_root = str(results_root)
     write_study_manifest(Path(results_root) / study.name, study.name, study.description, study.path,
-                         study.axes, [r.run_id for r in study.runs])
+                         study.axes, [r.run_id for r in study.runs], study.zip_groups)
     todo, done = runs_to_do(study, results_root, force)
     outcome = LaunchOutcome(skipped=[r.run_id for r in done])
     live = live_run_ids(Path(results_root) / study.name, [r.run_id for r in todo])
@@ -168,17 +168,33 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
         outcome.submitted = [r.run_id for r in todo]
         return outcome
     running = {r.run_id: (r, j) for r, j in zip(todo, jobs)}
+    gone_since: dict[str, float] = {}
     with _RunProgress(study, results_root, n, console) as progress:
         for run in todo:
             progress.started(run)
         while running:
             time.sleep(2.0)
             progress.refresh()
+            queued = slurm_states([job.job_id for _, job in running.values()])
             for rid, (run, job) in list(running.items()):
-                if job.done():
+                if not job.done():
+                    # without accounting, submitit cannot see a job that was cancelled or killed
+                    # before writing its result: it has left the queue and will never be done
+                    if job.job_id in queued:
+                        gone_since.pop(rid, None)
+                        continue
+                    if time.monotonic() - gone_since.setdefault(rid, time.monotonic()) < 30:
+                        continue
+                    folder = RunFolder(results_root, study.name, rid)
+                    if folder.is_done():
+                        outcome.done.append(rid)
+                    else:
+                        outcome.failed[rid] = _last_error_line(
+                            folder, f"SLURM job {job.job_id} left the queue without a result (cancelled or killed)")
+                else:
                     _collect(outcome, run, job, results_root, study.name)
-                    progress.finished(run)
-                    del running[rid]
+                progress.finished(run)
+                del running[rid]
     return outcome
 
 

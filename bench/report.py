@@ -128,8 +128,9 @@ def _is_numeric(values: pd.Series) -> bool:
 def varying_axes(frame: pd.DataFrame) -> list[str]:
     """The config keys that differ between runs (not the seed), numeric ones first, by name.
 
-    A key that only follows another axis is left out: when `masking.strategy` varies, its
-    `masking.params.*` vary with it but are not axes of their own.
+    A key the config fills in from another setting is left out when it only follows an axis:
+    when `masking.strategy` varies, its `masking.params.*` vary with it but are not axes of
+    their own. Keys a spec varies together (a zip group) all stay: the report joins them.
     """
     if frame.empty:
         return []
@@ -137,7 +138,7 @@ def varying_axes(frame: pd.DataFrame) -> list[str]:
                   if _is_config(c) and c != "seed" and frame[c].nunique(dropna=False) > 1]
     axes: list[str] = []
     for key in sorted(candidates, key=_implied):  # chosen settings before implied ones
-        if axes and frame.groupby(axes, dropna=False)[key].nunique(dropna=False).max() <= 1:
+        if axes and _implied(key) and frame.groupby(axes, dropna=False)[key].nunique(dropna=False).max() <= 1:
             continue
         axes.append(key)
     return sorted(axes, key=lambda k: (not _is_numeric(frame[k]), k))
@@ -383,6 +384,19 @@ def _setup_line(frame: pd.DataFrame) -> str:
             f"linear probe {probe}, fine-tune {finetune}. Cells: top-1 %, {cells}.")
 
 
+def _join_zip_groups(frame: pd.DataFrame, axes: list[str], groups: list[list[str]]) -> tuple[pd.DataFrame, list[str]]:
+    """Keys that vary together (a spec's zip group) read as one categorical axis: 'block, 0.5'."""
+    for group in groups:
+        keys = [k for k in group if k in axes]
+        if len(keys) < 2:
+            continue
+        name = " / ".join(keys)
+        frame = frame.copy()
+        frame[name] = frame[keys].apply(lambda row: ", ".join(_fmt_value(v) for v in row), axis=1)
+        axes = [name if k == keys[0] else k for k in axes if k not in keys[1:]]
+    return frame, axes
+
+
 def write_report(study_dir: Path | str, reports_root: Path | str = "reports",
                  description: str | None = None) -> dict:
     """Write runs.csv, table.csv, table.md and plot.png under reports_root/<study>/."""
@@ -392,7 +406,7 @@ def write_report(study_dir: Path | str, reports_root: Path | str = "reports",
     frame = runs_frame(study_dir)
     if frame.empty:
         raise ValueError(f"{study_dir}: no finished runs (a run is finished when its result.json is complete)")
-    axes = varying_axes(frame)
+    frame, axes = _join_zip_groups(frame, varying_axes(frame), read_study_manifest(study_dir).get("zip_groups", []))
     table = summary_table(frame, axes)
     out = Path(reports_root) / study
     paths = {"table_md": out / "table.md", "table_csv": out / "table.csv",

@@ -42,6 +42,7 @@ class Study:
     path: str
     runs: list[Run]
     axes: list[str]  # the dotted keys that vary (seed excluded)
+    zip_groups: list[list[str]] = field(default_factory=list)  # keys that vary together
     launch: dict = field(default_factory=dict)
 
 
@@ -144,4 +145,5 @@ def _expand(spec: dict, path: Path, launch_overrides: dict) -> Study:
     varied = [k for k in list(grid) + [k for g in zip_groups for k in g]
               if len({canonical_json({"v": r.varying.get(k)}) for r in runs}) > 1]
     return Study(name=name, description=str(spec.get("description") or ""), path=str(path),
-                 runs=runs, axes=varied, launch=launch)
+                 runs=runs, axes=varied, launch=launch,
+                 zip_groups=[[k for k in g if k in varied] for g in zip_groups if len([k for k in g if k in varied]) > 1])

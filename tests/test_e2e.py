@@ -107,3 +107,15 @@ def test_failing_run_is_recorded_and_siblings_finish(tmp_path, tiny_base, capsys
     assert "1 finished" in err and "1 failed" in err and "cifar10 not found" in err
     errors = list((tmp_path / "results" / "mixed").glob("*/error.txt"))
     assert len(errors) == 1 and "Traceback" in errors[0].read_text()
+
+
+def test_zip_group_reads_as_one_axis_in_the_report(tmp_path, tiny_base):
+    tiny_base["pretrain"]["epochs"] = 1
+    spec = {"name": "zipped", "base": tiny_base,
+            "zip": [{"masking.strategy": ["random", "block"], "masking.ratio": [0.75, 0.5]}]}
+    path = tmp_path / "zipped.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert run_cli(tmp_path, "run", str(path), "--executor", "debug") == 0
+    table = pd.read_csv(tmp_path / "reports" / "zipped" / "table.csv")
+    assert table.iloc[:, 0].tolist() == ["random, 0.75", "block, 0.5"]  # the spec's order
+    assert "masking.strategy / masking.ratio" in (tmp_path / "reports" / "zipped" / "table.md").read_text()
