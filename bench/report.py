@@ -30,6 +30,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
+from bench.config import ConfigError  # noqa: E402
 from bench.store import atomic_write_text, iter_runs, read_result, read_study_manifest  # noqa: E402
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on 10k configs
@@ -405,7 +406,7 @@ def write_report(study_dir: Path | str, reports_root: Path | str = "reports",
     description = description or read_study_manifest(study_dir).get("description")
     frame = runs_frame(study_dir)
     if frame.empty:
-        raise ValueError(f"{study_dir}: no finished runs (a run is finished when its result.json is complete)")
+        raise ConfigError(str(study_dir), "no finished runs (a run is finished when its result.json is complete)")
     frame, axes = _join_zip_groups(frame, varying_axes(frame), read_study_manifest(study_dir).get("zip_groups", []))
     table = summary_table(frame, axes)
     out = Path(reports_root) / study
