@@ -166,6 +166,15 @@ def _grid(text: str) -> tuple[int, int]:
     return (int(parts[0]), int(parts[-1]))
 
 
+def _finite(value):
+    """Strict JSON: an infinite statistic (a position never masked) prints as null."""
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
 def cmd_masks(args) -> int:
     import json
 
@@ -181,7 +190,7 @@ def cmd_masks(args) -> int:
         raise ConfigError("--ratio", f"{args.ratio} is out of range; allowed: 0 < x < 1")
     result = mask_tools.masks_command(args.strategy, args.ratio, grid, args.batch, args.frames, params,
                                       args.seed, args.stats, args.png, args.device)
-    print(json.dumps(result))
+    print(json.dumps(_finite(result)))
     return 0
 
 
@@ -194,7 +203,7 @@ def cmd_bench(args) -> int:
         rows = mask_tools.bench_masks(args.batch or 256, _grid(args.grid), args.ratio or 0.75, args.repeats,
                                       args.device)
         for row in rows:
-            print(json.dumps(row))
+            print(json.dumps(_finite(row)))
         print(mask_tools.format_bench_table(rows))
         return 0
     from bench import speed
