@@ -10,6 +10,7 @@ The encoder's weights load into timm's VisionTransformer, as the official code d
 """
 from __future__ import annotations
 
+import math
 import time
 from functools import partial
 from typing import Callable
@@ -62,6 +63,21 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(dim=1) == labels).float().mean().item()
 
 
+def _train_epoch(optimizer, batches, loss_of: Callable, lr_of_step: Callable) -> tuple[list, int, float]:
+    """One epoch of (inputs, labels) batches: lr set every step. Returns (losses, samples seen, last lr)."""
+    losses, seen, lr = [], 0, math.nan
+    for step, (inputs, y) in enumerate(batches):
+        lr = lr_of_step(step)
+        set_lr(optimizer, lr)
+        loss = loss_of(inputs, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+        seen += len(y)
+    return losses, seen, lr
+
+
 def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
                  log: Callable[[dict], None] = lambda row: None) -> dict:
     ecfg, img_size = cfg["evals"]["linear_probe"], cfg["data"]["img_size"]
@@ -90,7 +106,7 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
     criterion = nn.CrossEntropyLoss()
     for epoch in range(ecfg["epochs"]):
         head.train()
-        epoch_start, losses, seen = time.perf_counter(), [], 0
+        epoch_start = time.perf_counter()
         gen = epoch_generator(cfg["seed"], epoch, device, stream=1)
         if cached:
             order = torch.randperm(len(train_feats), generator=torch.Generator().manual_seed(
@@ -102,15 +118,9 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
                                                                         train_set, gen)), pre_logits=True), y)
                        for images, y in train_set.batches(batch_size, shuffle=True, seed=cfg["seed"],
                                                           epoch=epoch, drop_last=True, device=device))
-        for step, (feats, y) in enumerate(batches):
-            lr = lr_at(epoch + step / steps_per_epoch, base_lr, 0.0, ecfg["warmup_epochs"], ecfg["epochs"])
-            set_lr(optimizer, lr)
-            loss = criterion(head(feats), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach())
-            seen += len(y)
+        losses, seen, lr = _train_epoch(
+            optimizer, batches, lambda feats, y: criterion(head(feats), y),
+            lambda step: lr_at(epoch + step / steps_per_epoch, base_lr, 0.0, ecfg["warmup_epochs"], ecfg["epochs"]))
         log({"phase": "linear_probe", "epoch": epoch + 1, "loss": torch.stack(losses).mean().item(), "lr": lr,
              "images_per_s": seen / (time.perf_counter() - epoch_start), "wall_s": time.perf_counter() - start})
     head.eval()
@@ -137,18 +147,15 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
     start = time.perf_counter()
     for epoch in range(ecfg["epochs"]):
         vit.train()
-        epoch_start, losses, seen = time.perf_counter(), [], 0
+        epoch_start = time.perf_counter()
         gen = epoch_generator(cfg["seed"], epoch, device, stream=2)
-        for step, (images, y) in enumerate(train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1,
-                                                             epoch=epoch, drop_last=True, device=device)):
-            lr = lr_at(epoch + step / steps_per_epoch, base_lr, ecfg["min_lr"], ecfg["warmup_epochs"], ecfg["epochs"])
-            set_lr(optimizer, lr)
-            loss = criterion(vit(_inputs(images, ecfg["augmentation"], img_size, train_set, gen)), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach())
-            seen += len(y)
+        losses, seen, lr = _train_epoch(
+            optimizer,
+            train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1, epoch=epoch, drop_last=True,
+                              device=device),
+            lambda images, y: criterion(vit(_inputs(images, ecfg["augmentation"], img_size, train_set, gen)), y),
+            lambda step: lr_at(epoch + step / steps_per_epoch, base_lr, ecfg["min_lr"], ecfg["warmup_epochs"],
+                               ecfg["epochs"]))
         log({"phase": "finetune", "epoch": epoch + 1, "loss": torch.stack(losses).mean().item(), "lr": lr,
              "images_per_s": seen / (time.perf_counter() - epoch_start), "wall_s": time.perf_counter() - start})
     vit.eval()
