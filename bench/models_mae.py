@@ -5,14 +5,19 @@ VisionTransformer (`patch_embed`, `cls_token`, `pos_embed`, `blocks`, `norm`), s
 `encoder_state_dict()` loads straight into `timm.models.vision_transformer.VisionTransformer`
 for the evals. Position embeddings are fixed 2-D sin-cos, as in the paper. The mask comes
 from outside (bench.masking): a B×L boolean tensor with the same count in every row.
+
+`forward(..., full_pred=False)` computes only what the loss reads — the masked patches'
+predictions — for the same loss and gradients with less work (see forward_decoder).
 """
 from __future__ import annotations
 
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Attention as TimmAttention
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -35,6 +40,50 @@ def sincos_pos_embed(dim: int, grid: int, cls_token: bool) -> torch.Tensor:
     return emb.float().unsqueeze(0)
 
 
+class Attention(TimmAttention):
+    """timm's attention — the same parameters, outputs and gradients, bit for bit — with q, k and v
+    taken as views of qkv in its own (B, N, 3, heads, head_dim) layout: backward then stacks their
+    gradients straight into that layout, where timm's permute costs one more copy of the qkv
+    gradient in every block. Anything but plain fused attention goes to timm's forward."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal or not self.plain():
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        batch, length, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).unbind(2)
+        q, k = self.q_norm(q.transpose(1, 2)), self.k_norm(k.transpose(1, 2))
+        x = F.scaled_dot_product_attention(q, k, v.transpose(1, 2))
+        x = self.norm(x.transpose(1, 2).reshape(batch, length, self.attn_dim))
+        return self.proj_drop(self.proj(x))
+
+    def plain(self) -> bool:
+        """True when forward is plain fused attention (what `forward_rows` computes)."""
+        return self.fused_attn and self.gate is None and not (self.training and self.attn_drop.p > 0)
+
+    def forward_rows(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """forward(x) at the query rows `rows` (B×M indices) only: keys and values from every token."""
+        batch, length, dim = x.shape
+        n, heads, head_dim = self.attn_dim, self.num_heads, self.head_dim
+        weight, bias = self.qkv.weight, self.qkv.bias
+        k, v = F.linear(x, weight[n:], None if bias is None else bias[n:]).view(
+            batch, length, 2, heads, head_dim).unbind(2)
+        x = torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, dim))
+        q = F.linear(x, weight[:n], None if bias is None else bias[:n]).view(batch, rows.shape[1], heads, head_dim)
+        q, k = self.q_norm(q.transpose(1, 2)), self.k_norm(k.transpose(1, 2))
+        x = F.scaled_dot_product_attention(q, k, v.transpose(1, 2))
+        x = self.norm(x.transpose(1, 2).reshape(batch, rows.shape[1], n))
+        return self.proj_drop(self.proj(x))
+
+
+def block_rows(blk: Block, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """blk(x) at the rows `rows` (B×M) only, when attention is all that mixes tokens (timm's Block)."""
+    if not (isinstance(blk.attn, Attention) and blk.attn.plain()):
+        return torch.gather(blk(x), 1, rows.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+    out = torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+    out = out + blk.drop_path1(blk.ls1(blk.attn.forward_rows(blk.norm1(x), rows)))
+    return out + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(out))))
+
+
 class MaskedAutoencoderViT(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
@@ -48,8 +97,8 @@ class MaskedAutoencoderViT(nn.Module):
         self.grid = int(num_patches ** 0.5)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(sincos_pos_embed(embed_dim, self.grid, True), requires_grad=False)
-        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-                                     for _ in range(depth)])
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer,
+                                           attn_layer=Attention) for _ in range(depth)])
         self.norm = norm_layer(embed_dim)
         # decoder
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
@@ -57,8 +106,8 @@ class MaskedAutoencoderViT(nn.Module):
         self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(decoder_embed_dim, self.grid, True),
                                               requires_grad=False)
         self.decoder_blocks = nn.ModuleList([
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(decoder_depth)])
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer,
+                  attn_layer=Attention) for _ in range(decoder_depth)])
         self.decoder_norm = norm_layer(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, target_dim or patch_size ** 2 * in_chans)
         self.initialize_weights()
@@ -105,22 +154,41 @@ class MaskedAutoencoderViT(nn.Module):
             x = blk(x)
         return self.norm(x), ids_restore
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The prediction of every patch (B×L×target_dim); with `mask`, of the masked ones only
+        (B×M×target_dim, in position order). Every block but the last still runs on all L + 1
+        tokens; the last one computes its queries, MLP, norm and projection only for the masked
+        patches — the only ones the loss reads — with keys and values from all tokens."""
         x = self.decoder_embed(latent)
         batch, length = ids_restore.shape
         mask_tokens = self.mask_token.expand(batch, length + 1 - x.shape[1], -1)
         x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
         x_ = torch.gather(x_, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))  # unshuffle
         x = torch.cat([x[:, :1, :], x_], dim=1) + self.decoder_pos_embed
-        for blk in self.decoder_blocks:
+        if mask is None:
+            for blk in self.decoder_blocks:
+                x = blk(x)
+            return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
+        for blk in self.decoder_blocks[:-1]:
             x = blk(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
+        ids_masked = mask.nonzero()[:, 1].view(batch, -1) + 1  # +1: after the cls token
+        x = block_rows(self.decoder_blocks[-1], x, ids_masked)
+        return self.decoder_pred(self.decoder_norm(x))
 
-    def forward(self, imgs: torch.Tensor, mask: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss on the masked patches only, and the prediction (B×L×target_dim)."""
+    def forward(self, imgs: torch.Tensor, mask: torch.Tensor, target,
+                full_pred: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss on the masked patches only, and the prediction: B×L×target_dim, or with
+        full_pred=False only the masked patches' (B×M×target_dim, in position order) — the same
+        loss and gradients for less work, as the loss never reads the visible patches."""
         latent, ids_restore = self.forward_encoder(imgs, mask)
-        pred = self.forward_decoder(latent, ids_restore)
-        loss = target.loss(pred, target(self.patchify(imgs)), mask)
+        if full_pred:
+            pred = self.forward_decoder(latent, ids_restore)
+            loss = target.loss(pred, target(self.patchify(imgs)), mask)
+            return loss, pred
+        pred = self.forward_decoder(latent, ids_restore, mask)
+        patches = self.patchify(imgs)[mask].view(pred.shape[0], pred.shape[1], -1)
+        loss = target.loss(pred, target(patches), torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device))
         return loss, pred
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,168 @@
+"""bench.speed: the fast path computes what the official-style path computes; the report runs. No timings."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from bench import masking
+from bench.config import resolve
+from bench.data import ImageSet, make_synthetic
+from bench.evals import _inputs, build_vit, extract_features
+from bench.models_mae import Attention, MaskedAutoencoderViT, sincos_pos_embed
+from bench.optim import LARS
+from bench.speed import (OfficialMAE, bench_harness, expand_fast, harness_spec, noise_for_mask,
+                         official_sincos_pos_embed, speed_report)
+from bench.targets import build_target
+
+DIMS = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
+            decoder_embed_dim=16, decoder_depth=2, decoder_num_heads=2)
+TINY = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+
+
+def models():
+    torch.manual_seed(0)
+    ours = MaskedAutoencoderViT(**DIMS)
+    official = OfficialMAE(**DIMS)
+    official.load_state_dict(ours.state_dict())  # same parameter names, the same weights
+    return ours, official
+
+
+def batch(n=6, seed=0, ratio=0.75):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 16, 16, generator=gen)
+    return x, masking.generate("random", n, (4, 4), ratio, {}, gen)
+
+
+def test_official_pos_embed_matches_ours():
+    for dim, grid in ((32, 4), (192, 8)):
+        ours = sincos_pos_embed(dim, grid, cls_token=True)[0]
+        assert torch.allclose(torch.from_numpy(official_sincos_pos_embed(dim, grid, True)).float(), ours, atol=1e-6)
+
+
+@pytest.mark.parametrize("ratio", [0.75, 0.5])
+def test_fast_path_loss_and_gradients_equal_the_official_path(ratio):
+    ours, official = models()
+    x, mask = batch(ratio=ratio)
+    length, visible = mask.shape[1], mask.shape[1] - int(mask[0].sum())
+    loss_off, pred_off, mask_off = official(x, mask_ratio=ratio, noise=noise_for_mask(mask), len_keep=visible)
+    assert torch.equal(mask_off.bool(), mask)  # the official masking reproduces our mask
+    loss_off.backward()
+    loss, pred = ours(x, mask, build_target("norm_pixel"), full_pred=False)
+    loss.backward()
+    assert torch.allclose(loss, loss_off, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(pred, pred_off[mask].view(len(x), length - visible, -1), atol=1e-5)
+    grads_off = dict(official.named_parameters())
+    for name, p in ours.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, grads_off[name].grad, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("shape", [(4, 17, 32, 2), (3, 65, 48, 4)])
+def test_attention_equals_timms_bit_for_bit(shape):
+    from timm.models.vision_transformer import Attention as TimmAttention
+    batch_size, length, dim, heads = shape
+    torch.manual_seed(0)
+    timm_attn, ours = TimmAttention(dim, heads, qkv_bias=True), Attention(dim, heads, qkv_bias=True)
+    ours.load_state_dict(timm_attn.state_dict())
+    x = torch.randn(batch_size, length, dim, requires_grad=True)
+    y1, y2 = timm_attn(x), ours(x)
+    assert torch.equal(y1, y2)
+    g1 = torch.autograd.grad((y1 ** 2).sum(), [x, timm_attn.qkv.weight, timm_attn.proj.bias])
+    g2 = torch.autograd.grad((y2 ** 2).sum(), [x, ours.qkv.weight, ours.proj.bias])
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+
+
+def test_masked_only_prediction_gives_the_same_loss_and_gradients():
+    torch.manual_seed(1)
+    full = MaskedAutoencoderViT(**DIMS)
+    masked = copy.deepcopy(full)
+    x, mask = batch(n=5, seed=3)
+    for name in ("norm_pixel", "pixel"):
+        target = build_target(name)
+        full.zero_grad(), masked.zero_grad()
+        loss_full, pred_full = full(x, mask, target)
+        loss_masked, pred_masked = masked(x, mask, target, full_pred=False)
+        assert pred_full.shape == (5, 16, 48) and pred_masked.shape == (5, 12, 48)
+        assert torch.allclose(pred_masked, pred_full[mask].view(5, 12, 48), atol=1e-6)
+        assert torch.allclose(loss_full, loss_masked, rtol=1e-6, atol=1e-7)
+        loss_full.backward(), loss_masked.backward()
+        for (n1, p1), (_, p2) in zip(full.named_parameters(), masked.named_parameters()):
+            if p1.requires_grad:
+                assert torch.allclose(p1.grad, p2.grad, rtol=1e-5, atol=1e-7), n1
+    # forward_decoder's default is unchanged: every patch
+    latent, ids_restore = masked.forward_encoder(x, mask)
+    assert masked.forward_decoder(latent, ids_restore).shape == (5, 16, 48)
+
+
+def test_cached_features_probe_equals_recomputing_them():
+    """With augmentation none, training the probe head on cached features is training it on
+    features recomputed every step: the same features, so the same losses and accuracy."""
+    cfg = resolve({"data": {"name": "synthetic", "img_size": 16}, "model": {"preset": "mae_vit_tiny_patch4", **TINY}})
+    images, labels, _ = make_synthetic("train", n=96, size=16)
+    train = ImageSet("synthetic", torch.from_numpy(images), torch.from_numpy(labels), 10)
+    torch.manual_seed(0)
+    encoder = {k: v for k, v in MaskedAutoencoderViT(**{**DIMS, "decoder_depth": 1}).state_dict().items()
+               if not k.startswith(("decoder_", "mask_token"))}
+    vit = build_vit(cfg, encoder, 10, 3, "cls")
+    vit.requires_grad_(False)
+    feats, feat_labels = extract_features(vit, train, 16, 40, "cpu")  # batches of 40: a different split
+
+    def train_head(get_features):
+        torch.manual_seed(0)
+        head = nn.Sequential(nn.BatchNorm1d(32, affine=False, eps=1e-6), nn.Linear(32, 10))
+        opt = LARS(head.parameters(), lr=0.05)
+        losses = []
+        for epoch in range(3):
+            for idx in torch.randperm(96, generator=torch.Generator().manual_seed(epoch)).split(32):
+                loss = nn.functional.cross_entropy(head(get_features(idx)), train.labels[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+        head.eval()
+        with torch.no_grad():
+            acc = (head(get_features(torch.arange(96))).argmax(1) == train.labels).float().mean().item()
+        return losses, acc
+
+    def recompute(idx):
+        with torch.no_grad():
+            return vit.forward_head(vit.forward_features(_inputs(train.images[idx], "none", 16, train, None)),
+                                    pre_logits=True)
+
+    assert torch.equal(feat_labels, train.labels)
+    assert torch.allclose(feats, recompute(torch.arange(96)), atol=1e-5)
+    losses_cached, acc_cached = train_head(lambda idx: feats[idx])
+    losses_recomputed, acc_recomputed = train_head(recompute)
+    assert losses_cached == pytest.approx(losses_recomputed, rel=1e-4, abs=1e-5)
+    assert acc_cached == acc_recomputed
+
+
+def test_speed_report_runs_for_a_tiny_config():
+    rows = speed_report("mae_vit_tiny_patch4", batch=16, ratio=0.75, steps=2, img_size=16, warmup=1,
+                        model_overrides=TINY, workers=1, min_window_s=0.0)
+    kinds = [r["kind"] for r in rows]
+    assert kinds == ["pretrain_plain", "pretrain_fast", "encoder_forward", "linear_probe_step_cached",
+                     "linear_probe_step_recomputed", "finetune_step"]
+    for row in rows:
+        assert {"kind", "images_per_s", "config"} <= set(row)
+        assert row["images_per_s"] > 0 and len(row["window_images_per_s"]) == 2
+        config = row["config"]
+        assert config["encoder"] == {"dim": 32, "depth": 2, "heads": 2}
+        assert config["decoder"] == {"dim": 16, "depth": 1, "heads": 2}
+        assert {"batch", "ratio", "img", "device", "threads", "torch", "patch_size"} <= set(config)
+        assert config["batch"] == 16 and config["img"] == 16 and config["threads"] == torch.get_num_threads()
+    plain, fast = rows[0], rows[1]
+    assert plain["ratio_to_plain"] == 1.0 and fast["ratio_to_plain"] > 0
+    assert plain["config"]["visible_tokens"] == fast["config"]["visible_tokens"] == 4  # the same tokens
+    assert "ratio_to_recomputed" in rows[3]
+
+
+def test_harness_spec_expands_to_n_runs_and_the_report_is_written(tmp_path):
+    spec = harness_spec(10000)
+    assert len(spec["grid"]["masking.ratio"]) * len(spec["grid"]["pretrain.blr"]) * len(spec["seeds"]) == 10000
+    load, report = bench_harness(n_runs=24, tmpdir=tmp_path)
+    assert load["kind"] == "load_study" and load["n_runs"] == 24 and all(v["same_runs"] for v in load["suggested_fix"].values())
+    assert report["kind"] == "write_report" and report["n_runs"] == 24
+    assert (tmp_path / "reports" / "harness" / "table.md").exists()
+    assert len(expand_fast(tmp_path / "harness.yaml").runs) == 24
