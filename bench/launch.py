@@ -161,6 +161,8 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
     if launch["cpus_per_task"] and not launch["threads"]:
         launch["threads"] = launch["cpus_per_task"]
     n = len(todo)
+    for run in todo:  # an earlier attempt's failure no longer describes a run submitted again
+        RunFolder(results_root, study.name, run.run_id).error_path.unlink(missing_ok=True)
     jobs = executor.map_array(RunJob(), [r.config for r in todo], [study.name] * n, [results_root] * n, [launch] * n)
     for run, job in zip(todo, jobs):
         write_job(RunFolder(results_root, study.name, run.run_id), job.job_id, "slurm")

@@ -78,11 +78,11 @@ def study_status(study_dir: Path | str, run_ids: list[str] | None = None) -> lis
         status = RunStatus(rid, "to do", job.get("job_id"), resumed)
         if folder.is_done():
             status.state = "done"
-        elif job.get("job_id") in live:
-            status.state = LIVE_STATES.get(live[job["job_id"]], live[job["job_id"]].lower())
-        elif folder.error_path.exists():
+        elif folder.error_path.exists():  # (a launch clears it when it submits the run again)
             lines = [ln for ln in folder.error_path.read_text().splitlines() if ln.strip()]
             status.state, status.detail = "failed", (lines[-1] if lines else "")
+        elif job.get("job_id") in live:
+            status.state = LIVE_STATES.get(live[job["job_id"]], live[job["job_id"]].lower())
         elif folder.metrics_path.exists() or folder.checkpoint_path.exists():
             status.state = "interrupted"
         statuses.append(status)
