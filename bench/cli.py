@@ -200,8 +200,7 @@ def cmd_bench(args) -> int:
     if args.what == "masks":
         from bench import mask_tools
 
-        rows = mask_tools.bench_masks(args.batch or 256, _grid(args.grid), args.ratio or 0.75, args.repeats,
-                                      args.device)
+        rows = mask_tools.bench_masks(args.batch, _grid(args.grid), args.ratio, args.repeats, args.device)
         for row in rows:
             print(json.dumps(_finite(row)))
         print(mask_tools.format_bench_table(rows))
@@ -255,16 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_masks)
 
     p = sub.add_parser("bench", help="benchmarks: 'masks' (batched vs per-sample) or 'speed' (training steps)")
-    p.add_argument("what", choices=("masks", "speed"))
-    p.add_argument("--preset", default="mae_vit_small_patch4")
-    p.add_argument("--batch", type=int)
-    p.add_argument("--ratio", type=float)
-    p.add_argument("--grid", default="14")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_bench)
+    which = p.add_subparsers(dest="what", required=True)
+    q = which.add_parser("masks", help="ms per batch: batched strategies vs per-sample Python")
+    q.add_argument("--batch", type=int, default=256)
+    q.add_argument("--ratio", type=float, default=0.75)
+    q.add_argument("--grid", default="14")
+    q.add_argument("--repeats", type=int, default=5)
+    q.add_argument("--device", default="cpu")
+    q.set_defaults(func=cmd_bench)
+    from bench.speed import add_speed_arguments
+    add_speed_arguments(which.add_parser("speed", help="images/s of pretrain, encoder, probe and fine-tune steps"))
+    which.choices["speed"].set_defaults(func=cmd_bench)
 
     p = sub.add_parser("cancel", help="cancel a study's pending and running SLURM jobs")
     p.add_argument("study", help="study name, results/<study> or its spec")

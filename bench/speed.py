@@ -484,11 +484,12 @@ def eval_kinds(cfg: dict, images: torch.Tensor, labels: torch.Tensor, batch: int
                          nn.Linear(vit.embed_dim, 10)).to(device)
     optimizer = LARS(head.parameters(), lr=scaled_lr(0.1, batch))
     criterion = nn.CrossEntropyLoss()
+    n_cached = min(len(images), 8 * batch)  # the head cycles over these; more would only cost set-up time
     with torch.no_grad():
         cached = torch.cat([features(normalize(augment(images[i:i + 512].to(device), "none", img_size, None),
                                                dataset.mean, dataset.std))
-                            for i in range(0, len(images), 512)])
-    cached_labels = labels.to(device)
+                            for i in range(0, n_cached, 512)])[:n_cached]
+    cached_labels = labels[:n_cached].to(device)
 
     def head_step(feats, y):
         loss = criterion(head(feats), y)
