@@ -65,7 +65,7 @@ class Option:
             if self.nullable:
                 return None
             raise ConfigError(key, f"must not be null; allowed: {self.describe()}")
-        value = _coerce(key, value, self.kind, self.describe())
+        value = _coerce(key, value, self.kind, self.describe)
         allowed = self.allowed()
         if allowed is not None and value not in allowed:
             raise ConfigError(key, f"{value!r} is not allowed; allowed: {self.describe()}")
@@ -76,33 +76,35 @@ class Option:
         return value
 
 
-def _coerce(key: str, value: Any, kind: type, allowed: str) -> Any:
-    bad = ConfigError(key, f"{value!r} has the wrong type ({type(value).__name__}); allowed: {allowed}")
+def _coerce(key: str, value: Any, kind: type, describe: Callable[[], str]) -> Any:
+    """`value` as `kind`; the error (and its description of what is allowed) is built only when it is bad."""
+    def bad() -> ConfigError:
+        return ConfigError(key, f"{value!r} has the wrong type ({type(value).__name__}); allowed: {describe()}")
     if kind is bool:
         if not isinstance(value, bool):
-            raise bad
+            raise bad()
         return value
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
+            raise bad()
         return value
     if kind is float:
         if isinstance(value, bool):
-            raise bad
+            raise bad()
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
             try:
                 return float(value)
             except ValueError:
-                raise bad from None
+                raise bad() from None
         if not isinstance(value, (int, float)):
-            raise bad
+            raise bad()
         return float(value)
     if kind is list:
         if not isinstance(value, (list, tuple)):
-            raise bad
+            raise bad()
         return list(value)
     if not isinstance(value, kind):
-        raise bad
+        raise bad()
     return value
 
 

@@ -15,6 +15,7 @@ the key and what is allowed.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -130,7 +131,7 @@ def _expand(spec: dict, path: Path, launch_overrides: dict) -> Study:
 
     runs, seen = [], set()
     for combo in itertools.product(*axes):
-        partial = yaml.safe_load(yaml.safe_dump(base))  # a deep copy of plain data
+        partial = copy.deepcopy(base)
         varying = {}
         for choice in combo:
             for key, value in choice.items():

@@ -638,136 +638,20 @@ def harness_spec(n_runs: int, name: str = "harness") -> dict:
             "seeds": list(range(n_seeds)), "launch": {"executor": "local"}}
 
 
-# --- the suggested fix for load_study, demonstrated here (spec.py / config.py are not edited)
-def _coerce_lazy(value, kind: type):
-    """config._coerce without building its error up front: raises TypeError, the caller words it."""
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif kind is list:
-        if isinstance(value, (list, tuple)):
-            return list(value)
-    elif isinstance(value, kind):
-        return value
-    raise TypeError
-
-
-def _check_lazy(self, key: str, value):
-    """config.Option.check with the same results and messages, but describe() and the ConfigError
-    built only for a bad value (today every leaf of every run builds both: ~40% of resolve)."""
-    from bench.config import ConfigError
-
-    if value is None:
-        if self.nullable:
-            return None
-        raise ConfigError(key, f"must not be null; allowed: {self.describe()}")
-    try:
-        value = _coerce_lazy(value, self.kind)
-    except TypeError:
-        raise ConfigError(key, f"{value!r} has the wrong type ({type(value).__name__}); "
-                               f"allowed: {self.describe()}") from None
-    allowed = self.allowed()
-    if allowed is not None and value not in allowed:
-        raise ConfigError(key, f"{value!r} is not allowed; allowed: {self.describe()}")
-    if self.low is not None and (value <= self.low if self.open_interval else value < self.low):
-        raise ConfigError(key, f"{value!r} is out of range; allowed: {self.describe()}")
-    if self.high is not None and (value >= self.high if self.open_interval else value > self.high):
-        raise ConfigError(key, f"{value!r} is out of range; allowed: {self.describe()}")
-    return value
-
-
-def _memo_check_tree(check_tree, cache: dict):
-    """config._check_tree remembered per (section, its partial tree) for one expansion: grid points
-    differ in a few keys, so most sections (data, model, evals) are validated once, not per run."""
-    def check(tree, schema, prefix):
-        if not prefix:  # the whole config differs from run to run; its sections mostly do not
-            return check_tree(tree, schema, prefix)
-        try:
-            key = (prefix, json.dumps(tree, sort_keys=True))
-        except TypeError:
-            return check_tree(tree, schema, prefix)
-        if key not in cache:
-            cache[key] = json.dumps(check_tree(tree, schema, prefix))
-        return json.loads(cache[key])  # a fresh copy: resolve edits what it gets
-    return check
-
-
-def expand_fast(spec_path: str | Path, lazy_errors: bool = True, memo_sections: bool = True):
-    """spec.load_study as it could be: the base copied with json, not a yaml dump + load per run;
-    with lazy_errors, config.Option.check building its error only on failure; with memo_sections,
-    each config section validated once per distinct content. Gives the same Study."""
-    import itertools
-
-    from bench import config as config_mod
-    from bench import spec as spec_mod
-    from bench.config import canonical_json, run_id, set_dotted
-
-    path = Path(spec_path)
-    spec = spec_mod._load_yaml(path)
-    base = spec.get("base") or {}
-    grid = spec_mod._axis_lists(spec.get("grid") or {}, "grid")
-    zip_groups = [spec_mod._axis_lists(g, f"zip[{i}]") for i, g in enumerate(spec.get("zip") or [])]
-    seeds = spec_mod._seeds(spec.get("seeds"))
-    launch = spec_mod.resolve_launch(spec.get("launch") or {})
-    axes = [[{key: value} for value in values] for key, values in grid.items()]
-    axes += [[dict(zip(group, combo)) for combo in zip(*group.values())] for group in zip_groups]
-    axes.append([{"seed": s} for s in seeds] or [{}])
-    base_json = json.dumps(base)  # yaml.safe_load gives plain json-able data
-    original, original_tree = config_mod.Option.check, config_mod._check_tree
-    if lazy_errors:
-        config_mod.Option.check = _check_lazy
-    if memo_sections:
-        config_mod._check_tree = _memo_check_tree(original_tree, {})
-    try:
-        runs, seen = [], set()
-        for combo in itertools.product(*axes):
-            partial_cfg = json.loads(base_json)
-            varying = {}
-            for choice in combo:
-                for key, value in choice.items():
-                    scalar = value is None or isinstance(value, (str, int, float, bool))
-                    set_dotted(partial_cfg, key, value if scalar else json.loads(json.dumps(value)))
-                    varying[key] = value
-            config = resolve(partial_cfg)
-            rid = run_id(config)
-            if rid in seen:
-                continue
-            seen.add(rid)
-            runs.append(spec_mod.Run(config, rid, varying))
-    finally:
-        config_mod.Option.check, config_mod._check_tree = original, original_tree
-    varied = [k for k in list(grid) + [k for g in zip_groups for k in g]
-              if len({canonical_json({"v": r.varying.get(k)}) for r in runs}) > 1]
-    return spec_mod.Study(name=spec["name"], description=str(spec.get("description") or ""), path=str(path),
-                          runs=runs, axes=varied, launch=launch)
-
-
 def _load_study_stages(spec: dict) -> dict[str, float]:
     """Seconds of each stage of spec._expand's per-run loop, timed one call at a time."""
+    import copy
     import itertools
-
-    import yaml
 
     from bench.config import run_id, set_dotted
 
     base = spec["base"]
     axes = [[{k: v} for v in values] for k, values in spec["grid"].items()] + [[{"seed": s} for s in spec["seeds"]]]
-    stages = {"yaml_copy_of_base": 0.0, "resolve": 0.0, "run_id": 0.0}
+    stages = {"copy_of_base": 0.0, "resolve": 0.0, "run_id": 0.0}
     clock = time.perf_counter
     for combo in itertools.product(*axes):
         t0 = clock()
-        partial_cfg = yaml.safe_load(yaml.safe_dump(base))
+        partial_cfg = copy.deepcopy(base)
         t1 = clock()
         for choice in combo:
             for key, value in choice.items():
@@ -777,7 +661,7 @@ def _load_study_stages(spec: dict) -> dict[str, float]:
         t3 = clock()
         run_id(config)
         t4 = clock()
-        stages["yaml_copy_of_base"] += t1 - t0
+        stages["copy_of_base"] += t1 - t0
         stages["resolve"] += t3 - t2
         stages["run_id"] += t4 - t3
     return {k: round(v, 3) for k, v in stages.items()}
@@ -831,8 +715,7 @@ def bench_harness(n_runs: int = 10000, tmpdir: str | Path | None = None) -> list
     """Time load_study on an n_runs spec (target < 1 s) and write_report on n_runs finished runs (< 5 s).
 
     Returns two rows, {'kind': 'load_study' | 'write_report', 'seconds', 'target_s', 'stages_s', ...}:
-    the stages are timed separately (unprofiled) to show where the time goes, and load_study's
-    row also times `expand_fast`, the suggested fix, and checks that it gives the same runs.
+    the stages are timed separately (unprofiled) to show where the time goes.
     """
     import yaml
 
@@ -852,22 +735,9 @@ def bench_harness(n_runs: int = 10000, tmpdir: str | Path | None = None) -> list
         study = spec_mod.load_study(spec_path)
         load_s = time.perf_counter() - start
         stages = _load_study_stages(spec)
-        ids = [r.run_id for r in study.runs]
-        fixes = {}
-        for label, lazy, memo in (("json_copy", False, False), ("json_copy+lazy_errors", True, False),
-                                  ("json_copy+lazy_errors+memo_sections", True, True)):
-            start = time.perf_counter()
-            fast = expand_fast(spec_path, lazy_errors=lazy, memo_sections=memo)
-            fixes[label] = {"seconds": round(time.perf_counter() - start, 3),
-                            "same_runs": [r.run_id for r in fast.runs] == ids and fast.axes == study.axes
-                            and [r.config for r in fast.runs] == [r.config for r in study.runs]}
         load_row = {
             "kind": "load_study", "n_runs": len(study.runs), "seconds": round(load_s, 3), "target_s": 1.0,
-            "stages_s": stages, "suggested_fix": fixes,
-            "advice": "spec._expand: copy `base` with copy.deepcopy (or json) instead of yaml.safe_load(yaml.safe_dump"
-                      "(base)) per run; config.Option.check/_coerce: build describe() and the ConfigError only "
-                      "when the value is bad (see speed._check_lazy); for 10k runs also validate each config section "
-                      "once per distinct content within one expansion (see speed._memo_check_tree)"}
+            "stages_s": stages}
 
         # n finished result folders, written directly
         study_dir = root / "results" / study.name
@@ -881,7 +751,7 @@ def bench_harness(n_runs: int = 10000, tmpdir: str | Path | None = None) -> list
             (folder / "result.json").write_text(json.dumps(_fake_result(run.config, run.run_id, study.name, rng),
                                                            indent=2, sort_keys=True) + "\n")
             (folder / "metrics.jsonl").write_text("")
-        store.write_study_manifest(study_dir, study.name, study.description, str(spec_path), study.axes, ids)
+        store.write_study_manifest(study_dir, study.name, study.description, str(spec_path), study.axes, [r.run_id for r in study.runs])
         write_s = time.perf_counter() - start
 
         start = time.perf_counter()
