@@ -62,7 +62,7 @@ def cmd_plan(args) -> int:
     from bench.spec import load_study
     from bench.store import RunFolder
 
-    study = load_study(args.spec, _launch_overrides(args))
+    study = load_study(args.spec, _launch_overrides(args), args.profile)
     out = Console()
     statuses = {}
     for run in study.runs:
@@ -96,7 +96,7 @@ def cmd_run(args) -> int:
     from bench.report import write_report
     from bench.spec import load_study
 
-    study = load_study(args.spec, _launch_overrides(args))
+    study = load_study(args.spec, _launch_overrides(args), args.profile)
     err = Console(stderr=True)
     total = len(study.runs)
     err.print(f"study [bold]{study.name}[/]: {total} runs, executor {study.launch['executor']}")
@@ -127,7 +127,7 @@ def _study_dir(args) -> Path:
     target = Path(args.study)
     if target.suffix in (".yaml", ".yml") and target.is_file():
         from bench.spec import load_study
-        return Path(args.results) / load_study(target, {}).name
+        return Path(args.results) / load_study(target, {}, args.profile).name
     return target if target.is_dir() and target.parent != Path(".") else Path(args.results) / args.study
 
 
@@ -216,12 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="print the runs a spec expands to and which are done")
     p.add_argument("spec")
+    p.add_argument("--profile", help="one of the spec's profiles, e.g. small (default: the spec as written)")
     p.add_argument("--results", default="results")
     _add_launch_flags(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="run what is not done yet, then write the report")
     p.add_argument("spec")
+    p.add_argument("--profile", help="one of the spec's profiles, e.g. small (default: the spec as written)")
     p.add_argument("--results", default="results", help="results root (default: results)")
     p.add_argument("--reports", default="reports", help="reports root (default: reports)")
     p.add_argument("--force", action="store_true", help="rerun finished runs too")
@@ -237,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="done / running / pending / failed / interrupted, per run")
     p.add_argument("study", nargs="?", help="study name, results/<study> or its spec (default: all)")
+    p.add_argument("--profile", help="with a spec: which of its profiles")
     p.add_argument("--results", default="results")
     p.set_defaults(func=cmd_status)
 
@@ -268,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cancel", help="cancel a study's pending and running SLURM jobs")
     p.add_argument("study", help="study name, results/<study> or its spec")
+    p.add_argument("--profile", help="with a spec: which of its profiles")
     p.add_argument("--results", default="results")
     p.set_defaults(func=cmd_cancel)
     return parser

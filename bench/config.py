@@ -159,6 +159,8 @@ SCHEMA: dict = {
         "decoder_embed_dim": Option(None, int, low=1, nullable=True),
         "decoder_depth": Option(None, int, low=1, nullable=True),
         "decoder_num_heads": Option(None, int, low=1, nullable=True),
+        "mask_token_in_encoder": Option(False, bool, help="MAE Table 1c 'w/ [M]': the encoder sees all L patches, "
+                                                          "the masked ones replaced by a learned mask token"),
     },
     "masking": {
         "strategy": Option("random", str, choices=_registry("bench.masking", "STRATEGIES")),
@@ -174,7 +176,9 @@ SCHEMA: dict = {
         "weight_decay": Option(0.05, float, low=0.0),
         "beta1": Option(0.9, float, low=0.0, high=1.0),
         "beta2": Option(0.95, float, low=0.0, high=1.0),
-        "target": Option("norm_pixel", str, choices=_registry("bench.targets", "TARGETS")),
+        "target": Option("norm_pixel", str, choices=_registry("bench.targets", "TARGETS"),
+                         help="what the decoder predicts for a masked patch (MAE Table 1d)"),
+        "target_params": Option({}, dict, help="the target's own parameters; defaults filled in"),
     },
     "evals": {
         "linear_probe": {  # MAE Table 10: LARS, blr 0.1, no weight decay, BN without affine
@@ -203,6 +207,15 @@ SCHEMA: dict = {
             "label_smoothing": Option(0.1, float, low=0.0, high=1.0),
             "feature": Option("avgpool", str, choices=("cls", "avgpool")),
             "augmentation": Option("crop_rand", str, choices=_registry("bench.augment", "AUGMENTATIONS")),
+            "blocks": Option(None, float, low=0.0, nullable=True,
+                             help="partial fine-tuning (MAE Fig. 9): tune only the last k blocks (0.5 = the MLP "
+                                  "half of the last block; 0 = the head alone); null = all blocks"),
+        },
+        "knn": {  # a weighted k-nearest-neighbour classifier on frozen features (cosine similarity)
+            "enabled": Option(False, bool),
+            "k": Option(20, int, low=1),
+            "temperature": Option(0.07, float, low=0.0, open_interval=True),
+            "feature": Option("cls", str, choices=("cls", "avgpool")),
         },
     },
 }
@@ -272,6 +285,12 @@ def resolve(partial: dict | None) -> dict:
     grid = cfg["data"]["img_size"] // model["patch_size"]
     cfg["masking"]["params"] = masking.resolve_params(
         cfg["masking"]["strategy"], cfg["masking"]["params"], cfg["masking"]["ratio"], (grid, grid))
+    from bench import targets  # likewise the registry of targets
+    cfg["pretrain"]["target_params"] = targets.resolve_params(cfg["pretrain"]["target"], cfg["pretrain"]["target_params"])
+    blocks = cfg["evals"]["finetune"]["blocks"]
+    if blocks is not None and blocks != 0.5 and (blocks != int(blocks) or blocks > model["depth"]):
+        raise ConfigError("evals.finetune.blocks", f"{blocks!r} is not allowed; allowed: null, 0.5, or a whole "
+                          f"number of blocks 0..{model['depth']}")
     for section in ("pretrain", "evals.linear_probe", "evals.finetune"):
         node = cfg
         for part in section.split("."):

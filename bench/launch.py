@@ -99,7 +99,7 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
     console = console or Console(stderr=True)
     results_root = str(results_root)
     write_study_manifest(Path(results_root) / study.name, study.name, study.description, study.path,
-                         study.axes, [r.run_id for r in study.runs], study.zip_groups)
+                         study.axes, [r.run_id for r in study.runs], study.zip_groups, study.paper)
     todo, done = runs_to_do(study, results_root, force)
     outcome = LaunchOutcome(skipped=[r.run_id for r in done])
     live = live_run_ids(Path(results_root) / study.name, [r.run_id for r in todo])

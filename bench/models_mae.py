@@ -6,6 +6,10 @@ VisionTransformer (`patch_embed`, `cls_token`, `pos_embed`, `blocks`, `norm`), s
 for the evals. Position embeddings are fixed 2-D sin-cos, as in the paper. The mask comes
 from outside (bench.masking): a B×L boolean tensor with the same count in every row.
 
+With `mask_token_in_encoder` (MAE Table 1c "w/ [M]") the encoder sees all L patches, the masked
+ones replaced by a learned token plus their position embedding; the decoder then needs no
+mask tokens of its own. `flops_per_image()` counts what either variant costs.
+
 `forward(..., full_pred=False)` computes only what the loss reads — the masked patches'
 predictions — for the same loss and gradients with less work (see forward_decoder).
 """
@@ -87,8 +91,9 @@ def block_rows(blk: Block, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 class MaskedAutoencoderViT(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
-                 target_dim: int | None = None):
+                 target_dim: int | None = None, mask_token_in_encoder: bool = False):
         super().__init__()
+        self.mask_token_in_encoder = mask_token_in_encoder
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.patch_size, self.in_chans = patch_size, in_chans
         # encoder
@@ -100,6 +105,7 @@ class MaskedAutoencoderViT(nn.Module):
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer,
                                            attn_layer=Attention) for _ in range(depth)])
         self.norm = norm_layer(embed_dim)
+        self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if mask_token_in_encoder else None
         # decoder
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
@@ -117,6 +123,8 @@ class MaskedAutoencoderViT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # like nn.Linear, as MAE
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
+        if self.encoder_mask_token is not None:
+            nn.init.normal_(self.encoder_mask_token, std=0.02)
         self.apply(self._init_module)
 
     @staticmethod
@@ -139,9 +147,19 @@ class MaskedAutoencoderViT(nn.Module):
         return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=self.grid, p=p, q=p)
 
     def forward_encoder(self, imgs: torch.Tensor, mask: torch.Tensor):
-        """Encode the visible patches only. Returns latent (B×(1+V)×D) and ids_restore (B×L)."""
-        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        """Encode the visible patches only. Returns latent (B×(1+V)×D) and ids_restore (B×L).
+        With mask_token_in_encoder: all patches, masked ones as the mask token (B×(1+L)×D)."""
+        x = self.patch_embed(imgs)
         batch, length, dim = x.shape
+        if self.encoder_mask_token is not None:
+            x = torch.where(mask.unsqueeze(-1), self.encoder_mask_token.to(x.dtype), x) + self.pos_embed[:, 1:, :]
+            cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(batch, -1, -1)
+            x = torch.cat([cls, x], dim=1)
+            for blk in self.blocks:
+                x = blk(x)
+            ids_restore = torch.arange(length, device=x.device).expand(batch, -1)
+            return self.norm(x), ids_restore
+        x = x + self.pos_embed[:, 1:, :]
         # visible patches first (in position order), then the masked ones
         ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
@@ -192,13 +210,35 @@ class MaskedAutoencoderViT(nn.Module):
         return loss, pred
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """The encoder's weights under timm VisionTransformer's names."""
+        """The encoder's weights under timm VisionTransformer's names (a ViT has no mask token)."""
         return {k: v.detach().clone() for k, v in self.state_dict().items()
-                if not k.startswith(("decoder_", "mask_token"))}
+                if not k.startswith(("decoder_", "mask_token", "encoder_mask_token"))}
+
+    def flops_per_image(self, mask_ratio: float) -> dict[str, float]:
+        """Forward FLOPs (2 × multiply-adds of the matmuls and attention) per image, by part."""
+        length = self.patch_embed.num_patches
+        visible = length - round(mask_ratio * length)
+        embed = self.patch_embed.proj.weight
+        dim, patch_dim = embed.shape[0], embed[0].numel()
+
+        def blocks(module_list, tokens: int) -> float:
+            total = 0.0
+            for blk in module_list:
+                width, hidden = blk.attn.qkv.in_features, blk.mlp.fc1.out_features
+                total += tokens * (4 * width * width + 2 * width * hidden) + 2 * tokens * tokens * width
+            return 2 * total
+
+        enc_tokens = 1 + (length if self.encoder_mask_token is not None else visible)
+        dec_dim = self.decoder_embed.out_features
+        encoder = 2 * length * patch_dim * dim + blocks(self.blocks, enc_tokens)
+        decoder = (2 * enc_tokens * dim * dec_dim + blocks(self.decoder_blocks, 1 + length)
+                   + 2 * length * dec_dim * self.decoder_pred.out_features)
+        return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder}
 
 
 def build_mae(model_cfg: dict, img_size: int, in_chans: int, target_dim: int | None = None) -> MaskedAutoencoderViT:
     keys = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
             "decoder_num_heads", "mlp_ratio")
     return MaskedAutoencoderViT(img_size=img_size, in_chans=in_chans, target_dim=target_dim,
+                                mask_token_in_encoder=model_cfg.get("mask_token_in_encoder", False),
                                 **{k: model_cfg[k] for k in keys})

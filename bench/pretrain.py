@@ -28,7 +28,8 @@ def epoch_generator(seed: int, epoch: int, device: torch.device, stream: int = 0
 
 def pretrain(cfg: dict, train_set, device: torch.device,
              log: Callable[[dict], None] = lambda row: None,
-             checkpointer: Checkpointer | None = None) -> tuple[MaskedAutoencoderViT, dict]:
+             checkpointer: Checkpointer | None = None,
+             cache_dir=None) -> tuple[MaskedAutoencoderViT, dict]:
     """Pre-train an MAE on `train_set`; returns the model and {'images_per_s', 'wall_s', 'final_loss'}.
 
     With a checkpointer: resume from its checkpoint if there is one, save one every
@@ -110,7 +111,8 @@ def pretrain(cfg: dict, train_set, device: torch.device,
             if checkpointer.stop_requested:
                 checkpointer.hand_over()
     wall = wall_before + time.perf_counter() - start
-    return model, {"images_per_s": images_seen / max(wall, 1e-9), "wall_s": wall, "final_loss": loss_value}
+    return model, {"images_per_s": images_seen / max(wall, 1e-9), "wall_s": wall, "final_loss": loss_value,
+                   "gflops_per_image": model.flops_per_image(mcfg["ratio"])["total"] / 1e9}
 
 
 def _state(model, optimizer, epoch: int, step: int, gen: torch.Generator | None, losses: list,

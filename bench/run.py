@@ -17,13 +17,19 @@ from pathlib import Path
 import timm
 import torch
 
-from bench import distributed
+from bench import cache, distributed
 from bench.checkpoint import Checkpointer, Preempted
 from bench.config import run_id as config_run_id
 from bench.data import load_dataset
 from bench.evals import EVALS
 from bench.pretrain import pretrain
 from bench.store import RunFolder
+
+
+def pretrain_config(config: dict) -> dict:
+    """What the pre-trained encoder depends on: everything but the evals. Runs that differ only
+    in their evals (partial fine-tuning depths, kNN) share one pre-training through the cache."""
+    return {k: v for k, v in config.items() if k != "evals"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -70,13 +76,15 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
     checkpointer = Checkpointer(folder.checkpoint_path, launch.get("checkpoint_every", 0))
     saved = checkpointer.load()
     rank = distributed.current()
+    cache_dir = cache.cache_root(results_root)
+    encoder_path = cache.entry_path(cache_dir, "encoders", cache.key_of(pretrain_config(config)))
     if not rank.is_main:  # a DDP worker: trains its share of every batch; the main process writes
         device = pick_device(launch.get("device", "auto"), rank.local_rank)
         if catch_preemption:
             checkpointer.install()
-        if saved is None or saved["phase"] == "pretrain":
+        if (saved is None or saved["phase"] == "pretrain") and not encoder_path.exists():
             pretrain(config, load_dataset(config["data"], "train", launch.get("data_root")), device,
-                     checkpointer=checkpointer)
+                     checkpointer=checkpointer, cache_dir=cache_dir)
         return {"run_id": rid, "status": "done", "rank": rank.rank}
     if saved is None:
         folder.start(config)
@@ -94,15 +102,26 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
         log = folder.log_metrics
         if saved is not None and saved["phase"] == "evals":  # pre-training had finished
             encoder_state, stats, n_params = saved["encoder"], saved["stats"], saved["n_params"]
+            pretrained_by = saved.get("pretrained_by", rid)
         else:
-            model, stats = pretrain(config, train_set, device, log, checkpointer)
+            def pretrain_encoder() -> dict:
+                model, stats = pretrain(config, train_set, device, log, checkpointer, cache_dir=cache_dir)
+                return {"encoder": model.encoder_state_dict(), "stats": stats, "run_id": rid, "study": study,
+                        "n_params": sum(p.numel() for p in model.parameters())}
+            if rank.world > 1:  # every rank trains together; the cache cannot make some of them wait
+                entry = cache.load(encoder_path)
+                if entry is None:
+                    entry = pretrain_encoder()
+                    cache.save(encoder_path, entry)
+            else:
+                entry = cache.get_or_build(cache_dir, "encoders", pretrain_config(config), pretrain_encoder)
             distributed.shutdown()  # the evals run in the main process alone
-            encoder_state = model.encoder_state_dict()
-            n_params = sum(p.numel() for p in model.parameters())
-            del model
+            encoder_state, stats, n_params = entry["encoder"], entry["stats"], entry["n_params"]
+            pretrained_by = entry["run_id"]
             if keep_checkpoints:
                 checkpointer.save({"phase": "evals", "epoch": config["pretrain"]["epochs"],
-                                   "encoder": encoder_state, "stats": stats, "n_params": n_params})
+                                   "encoder": encoder_state, "stats": stats, "n_params": n_params,
+                                   "pretrained_by": pretrained_by})
         checkpointer.defer = False  # the evals restart from the encoder if interrupted
         n_params_encoder = sum(v.numel() for k, v in encoder_state.items() if k != "pos_embed")
         evals = {}
@@ -120,6 +139,8 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
             "pretrain_images_per_s": stats["images_per_s"],
             "pretrain_wall_s": stats["wall_s"],
             "pretrain_final_loss": stats["final_loss"],
+            "pretrained_by": pretrained_by,  # this run's id, or the run whose identical pre-training it reused
+            "pretrain_gflops_per_image": stats.get("gflops_per_image"),
             "total_wall_s": time.perf_counter() - start,
             "n_params": n_params,
             "n_params_encoder": n_params_encoder,

@@ -9,6 +9,15 @@
       - {masking.strategy: [block, block], masking.ratio: [0.5, 0.75]}
     seeds: 3                            # or a list: [0, 1, 2]
     launch: {executor: local, parallel: 2, timeout_min: 60}
+    paper: {source: mae, subtable: table1f}   # the paper's numbers the report puts beside ours
+    extends: _recipe.yaml               # a shared recipe (path relative to this file) this spec builds on
+    profiles:                           # named variants of the same study, picked with --profile
+      small: {base: {pretrain: {epochs: 5}}, grid: {...}, seeds: 3}
+
+A profile overlays the spec: its `base` merges into the base key by key, its `grid`, `zip`,
+`seeds`, `launch` and `description` replace the spec's. Its runs are the study
+`<name>-<profile>`, so the results of different scales never mix. A spec that `extends` another
+file is merged over it the same way, mapping by mapping (lists replace).
 
 Everything is validated before anything runs; a problem stops with one line naming the file,
 the key and what is allowed.
@@ -26,7 +35,8 @@ import yaml
 from bench.config import (ConfigError, canonical_json, is_known_key, resolve, resolve_launch, run_id,
                           set_dotted)
 
-SPEC_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "launch")
+SPEC_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "launch", "profiles", "paper", "extends")
+PROFILE_KEYS = ("description", "base", "grid", "zip", "seeds", "launch")
 
 
 @dataclass
@@ -45,6 +55,7 @@ class Study:
     axes: list[str]  # the dotted keys that vary (seed excluded)
     zip_groups: list[list[str]] = field(default_factory=list)  # keys that vary together
     launch: dict = field(default_factory=dict)
+    paper: dict | None = None  # {source: mae, subtable: table1f}: the paper's numbers the report compares with
 
 
 def _load_yaml(path: Path) -> dict:
@@ -88,13 +99,59 @@ def _seeds(value) -> list[int]:
     raise ConfigError("seeds", f"{value!r} is not allowed; allowed: a count >= 1 or a list of integers >= 0")
 
 
-def load_study(path: str | Path, launch_overrides: dict | None = None) -> Study:
-    """Read, validate and expand a spec. Raises ConfigError naming the file on any problem."""
+def load_study(path: str | Path, launch_overrides: dict | None = None, profile: str | None = None) -> Study:
+    """Read, validate and expand a spec (in one of its profiles). Raises ConfigError naming the file."""
     path = Path(path)
     try:
-        return _expand(_load_yaml(path), path, launch_overrides or {})
+        return _expand(apply_profile(_load_extended(path), profile), path, launch_overrides or {})
     except ConfigError as err:
         raise err if err.source else err.at(str(path)) from None
+
+
+def _load_extended(path: Path, seen: tuple = ()) -> dict:
+    """The spec at `path`, merged over the file it `extends` (recursively)."""
+    spec = _load_yaml(path)
+    parent = spec.pop("extends", None)
+    if parent is None:
+        return spec
+    if not isinstance(parent, str):
+        raise ConfigError("extends", f"{parent!r} is not allowed; allowed: a path to a spec, relative to this one")
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in seen or parent_path == path.resolve():
+        raise ConfigError("extends", f"{parent} extends itself")
+    try:
+        return _merge(_load_extended(parent_path, seen + (path.resolve(),)), spec)
+    except ConfigError as err:
+        raise err if err.source else err.at(str(parent_path)) from None
+
+
+def _merge(base: dict, overlay: dict) -> dict:
+    """`overlay` merged into a copy of `base`, mapping by mapping."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else copy.deepcopy(value)
+    return out
+
+
+def apply_profile(spec: dict, profile: str | None) -> dict:
+    """The spec as its profile `profile` describes it (None: the spec itself, profiles aside)."""
+    profiles = spec.get("profiles") or {}
+    if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
+        raise ConfigError("profiles", "must map profile names to mappings with keys " + ", ".join(PROFILE_KEYS))
+    spec = {k: v for k, v in spec.items() if k != "profiles"}
+    if profile is None:
+        return spec
+    if profile not in profiles:
+        raise ConfigError("profiles", f"{profile!r} is not defined; allowed: {', '.join(profiles) or 'none'}")
+    overlay = profiles[profile]
+    unknown = [k for k in overlay if k not in PROFILE_KEYS]
+    if unknown:
+        raise ConfigError(f"profiles.{profile}.{unknown[0]}", f"unknown key; allowed: {', '.join(PROFILE_KEYS)}")
+    for key, value in overlay.items():
+        spec[key] = _merge(spec.get(key) or {}, value) if key == "base" else copy.deepcopy(value)
+    spec["name"] = f"{spec.get('name')}-{profile}"
+    return spec
 
 
 def _expand(spec: dict, path: Path, launch_overrides: dict) -> Study:
@@ -122,6 +179,10 @@ def _expand(spec: dict, path: Path, launch_overrides: dict) -> Study:
             raise ConfigError(f"zip[{i}].{sorted(clash)[0]}", "is already varied elsewhere in the spec")
         zip_groups.append(group)
     seeds = _seeds(spec.get("seeds"))
+    paper = spec.get("paper")
+    if paper is not None and not (isinstance(paper, dict) and set(paper) == {"source", "subtable"}
+                                  and all(isinstance(v, str) for v in paper.values())):
+        raise ConfigError("paper", f"{paper!r} is not allowed; allowed: a mapping {{source: mae, subtable: table1f}}")
     launch = resolve_launch({**(spec.get("launch") or {}), **launch_overrides})
 
     # every axis: a list of {key: value} choices; the product of the axes is the study
@@ -146,5 +207,5 @@ def _expand(spec: dict, path: Path, launch_overrides: dict) -> Study:
     varied = [k for k in list(grid) + [k for g in zip_groups for k in g]
               if len({canonical_json({"v": r.varying.get(k)}) for r in runs}) > 1]
     return Study(name=name, description=str(spec.get("description") or ""), path=str(path),
-                 runs=runs, axes=varied, launch=launch,
+                 runs=runs, axes=varied, launch=launch, paper=paper,
                  zip_groups=[[k for k in g if k in varied] for g in zip_groups if len([k for k in g if k in varied]) > 1])

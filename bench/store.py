@@ -121,10 +121,12 @@ STUDY_FILE = "study.json"
 
 
 def write_study_manifest(study_dir: Path | str, name: str, description: str, spec: str, axes: list[str],
-                         run_ids: list[str], zip_groups: list[list[str]] | None = None) -> None:
-    """results/<study>/study.json: the spec's name, description, axes, zip groups and run order, for reports."""
+                         run_ids: list[str], zip_groups: list[list[str]] | None = None,
+                         paper: dict | None = None) -> None:
+    """results/<study>/study.json: the spec's name, description, axes, zip groups, run order and the
+    paper subtable it reproduces (if any), for reports."""
     manifest = {"name": name, "description": description, "spec": spec, "axes": axes, "runs": run_ids,
-                "zip_groups": zip_groups or []}
+                "zip_groups": zip_groups or [], "paper": paper}
     atomic_write_text(Path(study_dir) / STUDY_FILE, json.dumps(manifest, indent=2) + "\n")
 
 

@@ -39,5 +39,13 @@ TARGETS = {
 }
 
 
+def resolve_params(name: str, params: dict) -> dict:
+    """The target's parameters with defaults filled in (the pixel targets have none)."""
+    from bench.config import ConfigError
+    if params:
+        raise ConfigError(f"pretrain.target_params.{next(iter(params))}", f"unknown key; {name} takes no parameters")
+    return {}
+
+
 def build_target(name: str):
     return TARGETS[name]()
