@@ -86,3 +86,29 @@ def test_encoder_weights_load_into_timm_vit_and_match_features(model, pool):
         no_mask = torch.zeros(2, 16, dtype=torch.bool)
         latent, _ = model.forward_encoder(x, no_mask)
         assert torch.allclose(vit.forward_features(x), latent, atol=1e-5)
+
+
+def test_mask_token_in_encoder_feeds_all_patches_and_costs_the_papers_flops():
+    torch.manual_seed(0)
+    kwargs = dict(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2,
+                  decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    with_m = MaskedAutoencoderViT(**kwargs, mask_token_in_encoder=True)
+    x, mask = torch.randn(3, 1, 16, 16), random_mask(3)
+    latent, ids_restore = with_m.forward_encoder(x, mask)
+    assert latent.shape == (3, 1 + 16, 32)  # every patch, masked ones as the token
+    loss, pred = with_m(x, mask, build_target("pixel"))
+    loss.backward()
+    assert pred.shape == (3, 16, 16) and with_m.encoder_mask_token.grad.abs().sum() > 0
+    # the masked patches' pixels never reach the encoder: changing them leaves the latent unchanged
+    x2 = x.clone()
+    x2_patches = with_m.patchify(x2)
+    x2_patches[mask] += 5.0
+    assert torch.allclose(with_m.forward_encoder(with_m.unpatchify(x2_patches), mask)[0], latent, atol=1e-5)
+    assert "encoder_mask_token" not in with_m.encoder_state_dict()
+    # ViT-L/16 at 224 px, decoder 512 x 8: the encoder with [M] costs ~3.3x overall (MAE Table 1c)
+    from bench.config import resolve
+    from bench.models_mae import build_mae
+    flops = [build_mae(resolve({"model": {"preset": "mae_vit_large_patch16", "mask_token_in_encoder": m},
+                                "data": {"img_size": 224}})["model"], 224, 3).flops_per_image(0.75)["total"]
+             for m in (False, True)]
+    assert 3.1 < flops[1] / flops[0] < 3.4

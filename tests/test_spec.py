@@ -129,3 +129,47 @@ def test_plan_lists_runs_and_runs_nothing(tmp_path, tiny_base):
     assert "4 runs, 0 done, 4 to run" in proc.stdout
     assert "varies masking.strategy: random, grid" in proc.stdout
     assert not (tmp_path / "r").exists()
+
+
+def test_profile_overlays_the_spec_and_names_its_own_study(tmp_path, tiny_base):
+    spec = {"name": "s", "base": tiny_base, "seeds": [0], "grid": {"model.decoder_depth": [1, 8]},
+            "profiles": {"small": {"base": {"pretrain": {"epochs": 1}}, "seeds": [0, 1],
+                                   "grid": {"model.decoder_depth": [1, 2]}}}}
+    path = write_spec(tmp_path, spec)
+    paper, small = load_study(path), load_study(path, profile="small")
+    assert paper.name == "s" and small.name == "s-small"
+    assert sorted({r.config["model"]["decoder_depth"] for r in paper.runs}) == [1, 8]
+    assert sorted({r.config["model"]["decoder_depth"] for r in small.runs}) == [1, 2]
+    assert len(small.runs) == 4 and {r.config["pretrain"]["epochs"] for r in small.runs} == {1}
+    assert {r.config["pretrain"]["epochs"] for r in paper.runs} == {tiny_base["pretrain"]["epochs"]}
+    # the overlay merges key by key: the rest of the base is untouched
+    assert {r.config["model"]["embed_dim"] for r in small.runs} == {tiny_base["model"]["embed_dim"]}
+    with pytest.raises(ConfigError, match=r"spec.yaml: profiles: 'huge' is not defined; allowed: small"):
+        load_study(path, profile="huge")
+
+
+def test_extends_merges_a_shared_recipe(tmp_path, tiny_base):
+    write_spec(tmp_path, {"base": tiny_base, "seeds": [3], "profiles": {"small": {"seeds": [0, 1]}}}, "_recipe.yaml")
+    path = write_spec(tmp_path, {"extends": "_recipe.yaml", "name": "child", "paper": {"source": "mae", "subtable": "table1a"},
+                                 "base": {"masking": {"ratio": 0.5}}, "grid": {"model.decoder_depth": [1, 2]}})
+    study = load_study(path)
+    assert {r.config["masking"]["ratio"] for r in study.runs} == {0.5}
+    assert {r.config["seed"] for r in study.runs} == {3}
+    assert {r.config["model"]["embed_dim"] for r in study.runs} == {tiny_base["model"]["embed_dim"]}
+    assert study.paper == {"source": "mae", "subtable": "table1a"}
+    assert len(load_study(path, profile="small").runs) == 4
+    write_spec(tmp_path, {"extends": "loop.yaml", "name": "x"}, "loop.yaml")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_study(tmp_path / "loop.yaml")
+
+
+def test_every_mae_ablation_spec_expands_at_both_scales():
+    from pathlib import Path
+    specs = sorted((Path(__file__).parent.parent / "ablations" / "mae").glob("[!_]*.yaml"))
+    assert len(specs) == 9
+    for path in specs:
+        paper, small = load_study(path), load_study(path, profile="small")
+        assert paper.paper and paper.paper["source"] == "mae" and paper.axes and small.axes == paper.axes
+        assert {r.config["model"]["preset"] for r in paper.runs} == {"mae_vit_large_patch16"}
+        assert {r.config["data"]["name"] for r in small.runs} == {"fashion_mnist"}
+        assert sorted({r.config["seed"] for r in small.runs}) == [0, 1, 2]

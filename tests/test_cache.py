@@ -1,0 +1,49 @@
+"""The shared cache: runs that differ only in their evals pre-train once; entries are built once."""
+import json
+import multiprocessing
+import time
+
+import torch
+
+from bench import cache
+from bench.config import resolve
+from bench.run import run_one
+from bench.store import RunFolder
+
+
+def test_runs_that_differ_only_in_evals_share_one_pretraining(tmp_path, tiny_base):
+    first = resolve(tiny_base)
+    tiny_base["evals"]["finetune"]["blocks"] = 1
+    second = resolve(tiny_base)
+    a = run_one(first, "s", str(tmp_path), {"executor": "debug"})
+    b = run_one(second, "s", str(tmp_path), {"executor": "debug"})
+    assert a["run_id"] != b["run_id"]
+    assert b["result"]["pretrained_by"] == a["run_id"] == a["result"]["pretrained_by"]
+    assert b["result"]["pretrain_final_loss"] == a["result"]["pretrain_final_loss"]
+    phases = [json.loads(line)["phase"] for line in RunFolder(tmp_path, "s", b["run_id"]).metrics_path.open()]
+    assert "pretrain" not in phases and "finetune" in phases  # only the evals ran
+    assert len(list((cache.cache_root(tmp_path) / "encoders").glob("*.pt"))) == 1
+    # a change to anything the pre-training depends on is a new entry
+    tiny_base["masking"]["ratio"] = 0.5
+    c = run_one(resolve(tiny_base), "s", str(tmp_path), {"executor": "debug"})
+    assert c["result"]["pretrained_by"] == c["run_id"]
+    assert len(list((cache.cache_root(tmp_path) / "encoders").glob("*.pt"))) == 2
+
+
+def _build_slowly(root, counter_path):
+    def build():
+        with open(counter_path, "a") as f:
+            f.write("built\n")
+        time.sleep(0.5)  # long enough that the three requests overlap
+        return {"value": torch.arange(3)}
+    return cache.get_or_build(root, "things", {"a": 1}, build)["value"].tolist()
+
+
+def test_concurrent_requests_build_an_entry_once(tmp_path):
+    counter = tmp_path / "count.txt"
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(3) as pool:
+        values = pool.starmap(_build_slowly, [(tmp_path / "cache", counter)] * 3)
+    assert values == [[0, 1, 2]] * 3
+    assert counter.read_text().count("built") == 1
+    assert not list((tmp_path / "cache" / "things").glob(".*.tmp"))  # no half-written entry left
