@@ -1,10 +1,19 @@
-"""Evaluations of a pre-trained encoder on the held-out split: one registry.
+"""Evaluations of a pre-trained encoder on the held-out split: one registry, `EVALS`.
 
     linear_probe  frozen encoder in eval mode (no statistic moves), BatchNorm without affine +
                   linear head, LARS (MAE section A.2). The feature — cls token or the average of
-                  the patch tokens — is a config key and goes into the result.
+                  the patch tokens — is a config key and goes into the result. With augmentation
+                  "none" the features are computed once; the batches are the same either way.
     finetune      all weights, AdamW with layer-wise lr decay, drop path, label smoothing
                   (MAE section A.3). The accuracy reported is the last epoch's, not the best.
+                  `blocks` set: partial fine-tuning (MAE Figure 9) — only the last k blocks
+                  (0.5: the MLP half of the last block, norm2 + mlp; 0: nothing) are tuned, with
+                  the final norm and the head; everything else is frozen and left out of the
+                  optimizer. The rest of the recipe (drop path, layer decay, lr schedule) is
+                  the full fine-tuning one.
+    knn           weighted k-nearest-neighbour classifier on the frozen encoder's features
+                  (Wu et al. 2018, as DINO uses it): L2-normalised features, cosine similarity,
+                  the k most similar training images vote with weight exp(similarity / T).
 
 The encoder's weights load into timm's VisionTransformer, as the official code does.
 """
@@ -20,6 +29,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from bench.augment import augment, normalize
+from bench.data import batch_order
 from bench.optim import LARS, layer_decay_groups, lr_at, scaled_lr, set_lr
 from bench.pretrain import epoch_generator
 
@@ -79,7 +89,9 @@ def _train_epoch(optimizer, batches, loss_of: Callable, lr_of_step: Callable) ->
 
 
 def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
-                 log: Callable[[dict], None] = lambda row: None) -> dict:
+                 log: Callable[[dict], None] = lambda row: None, _recompute_features: bool = False) -> dict:
+    """`_recompute_features` (for tests) runs the encoder on every batch even when the features
+    could be cached; both paths see the same batches in the same order."""
     ecfg, img_size = cfg["evals"]["linear_probe"], cfg["data"]["img_size"]
     torch.manual_seed(cfg["seed"])
     vit = build_vit(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"]).to(device)
@@ -98,7 +110,7 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
         optimizer = torch.optim.SGD(head.parameters(), lr=base_lr, momentum=0.9, weight_decay=ecfg["weight_decay"])
     else:
         optimizer = torch.optim.AdamW(head.parameters(), lr=base_lr, weight_decay=ecfg["weight_decay"])
-    cached = ecfg["augmentation"] == "none"
+    cached = ecfg["augmentation"] == "none" and not _recompute_features
     start = time.perf_counter()
     if cached:  # features computed once; the head trains on them
         train_feats, train_labels = extract_features(vit, train_set, img_size, 512, device)
@@ -108,9 +120,8 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
         head.train()
         epoch_start = time.perf_counter()
         gen = epoch_generator(cfg["seed"], epoch, device, stream=1)
-        if cached:
-            order = torch.randperm(len(train_feats), generator=torch.Generator().manual_seed(
-                cfg["seed"] * 1_000_003 + epoch)).to(device)
+        if cached:  # the order and full batches of train_set.batches(..., drop_last=True)
+            order = batch_order(len(train_feats), cfg["seed"], epoch).to(device)
             batches = ((train_feats[idx], train_labels[idx]) for idx in order.split(batch_size)
                        if len(idx) == batch_size)
         else:
@@ -131,13 +142,30 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
             "wall_s": time.perf_counter() - start}
 
 
+def freeze_for_partial_finetune(vit: VisionTransformer, blocks: float | None) -> None:
+    """MAE Figure 9: tune only the last `blocks` blocks (0.5: the last block's norm2 + mlp, its MLP
+    half; 0: none), the final norm (`norm`, or `fc_norm` for avgpool) and the head. None: tune all."""
+    if blocks is None:
+        return
+    vit.requires_grad_(False)
+    if blocks == 0.5:
+        tuned = [vit.blocks[-1].norm2, vit.blocks[-1].mlp]
+    else:
+        tuned = list(vit.blocks[len(vit.blocks) - int(blocks):])
+    for module in tuned + [vit.norm, vit.fc_norm, vit.head]:
+        module.requires_grad_(True)
+
+
 def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
-             log: Callable[[dict], None] = lambda row: None) -> dict:
+             log: Callable[[dict], None] = lambda row: None, return_model: bool = False):
+    """The result dict; with `return_model`, (result, the fine-tuned ViT)."""
     ecfg, img_size = cfg["evals"]["finetune"], cfg["data"]["img_size"]
     torch.manual_seed(cfg["seed"])
     vit = build_vit(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"],
                     drop_path=ecfg["drop_path"])
     nn.init.trunc_normal_(vit.head.weight, std=2e-5)
+    freeze_for_partial_finetune(vit, ecfg["blocks"])  # frozen blocks still see drop path (the recipe)
+    trainable_params = sum(p.numel() for p in vit.parameters() if p.requires_grad)
     vit.to(device)
     batch_size = min(ecfg["batch_size"], len(train_set))
     base_lr = scaled_lr(ecfg["blr"], batch_size)
@@ -164,7 +192,48 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
         for images, y in test_set.batches(512, shuffle=False, seed=0, drop_last=False, device=device):
             correct += top1(vit(_inputs(images, "none", img_size, test_set, None)), y) * len(y) / 100.0
             total += len(y)
-    return {"top1": 100.0 * correct / total, "feature": ecfg["feature"], "wall_s": time.perf_counter() - start}
+    result = {"top1": 100.0 * correct / total, "feature": ecfg["feature"], "blocks": ecfg["blocks"],
+              "trainable_params": trainable_params, "wall_s": time.perf_counter() - start}
+    return (result, vit) if return_model else result
 
 
-EVALS = {"linear_probe": linear_probe, "finetune": finetune}
+def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int,
+                temperature: float, num_classes: int, chunk: int = 256) -> torch.Tensor:
+    """Weighted kNN (Wu et al. 2018; DINO's eval_knn): the predicted class of every test feature.
+
+    Features are L2-normalised, so similarity is the cosine. Each test feature's k most similar
+    training features (all of them when k is larger) vote for their class with weight
+    exp(similarity / temperature); the class with the largest sum wins. Test features go
+    `chunk` at a time, so memory stays at chunk × len(train_feats) similarities.
+    """
+    train_feats = nn.functional.normalize(train_feats.float(), dim=1)
+    test_feats = nn.functional.normalize(test_feats.float(), dim=1)
+    k = min(k, len(train_feats))
+    predictions = []
+    for part in test_feats.split(chunk):
+        sims, idx = (part @ train_feats.T).topk(k, dim=1)             # chunk × k, most similar first
+        # exp((s - s_max) / T): the same vote up to a factor per row, and no overflow for small T
+        weights = ((sims - sims[:, :1]) / temperature).exp()
+        votes = torch.zeros(len(part), num_classes, device=part.device)
+        votes.scatter_add_(1, train_labels[idx], weights)
+        predictions.append(votes.argmax(dim=1))
+    return torch.cat(predictions)
+
+
+def knn(cfg: dict, encoder_state: dict, train_set, test_set, device,
+        log: Callable[[dict], None] = lambda row: None) -> dict:
+    ecfg, img_size = cfg["evals"]["knn"], cfg["data"]["img_size"]
+    torch.manual_seed(cfg["seed"])
+    vit = build_vit(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"]).to(device)
+    vit.requires_grad_(False)
+    start = time.perf_counter()
+    train_feats, train_labels = extract_features(vit, train_set, img_size, 512, device)
+    test_feats, test_labels = extract_features(vit, test_set, img_size, 512, device)
+    predicted = knn_predict(train_feats, train_labels, test_feats, ecfg["k"], ecfg["temperature"],
+                            train_set.num_classes)
+    acc = 100.0 * (predicted == test_labels).float().mean().item()
+    return {"top1": acc, "k": ecfg["k"], "temperature": ecfg["temperature"], "feature": ecfg["feature"],
+            "wall_s": time.perf_counter() - start}
+
+
+EVALS = {"linear_probe": linear_probe, "finetune": finetune, "knn": knn}

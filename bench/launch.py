@@ -21,9 +21,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.run import run_one
+from bench.run import pretrain_config, run_one
 from bench.spec import Run, Study
-from bench import distributed
+from bench import cache, distributed
 from bench.status import live_run_ids, slurm_states, write_job
 from bench.store import RunFolder, write_study_manifest
 
@@ -106,9 +106,11 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
     if live:  # pending or running on SLURM from an earlier launch: leave them be
         outcome.already_running = sorted(live)
         todo = [r for r in todo if r.run_id not in live]
-    if force:  # start over: no resuming from an earlier attempt's checkpoint
+    if force:  # start over: no resuming from an earlier attempt's checkpoint, no cached pre-training
         for run in todo:
             RunFolder(results_root, study.name, run.run_id).checkpoint_path.unlink(missing_ok=True)
+            cache.entry_path(cache.cache_root(results_root), "encoders",
+                             cache.key_of(pretrain_config(run.config))).unlink(missing_ok=True)
     if not todo:
         return outcome
     launch = dict(study.launch)

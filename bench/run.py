@@ -104,10 +104,15 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
             encoder_state, stats, n_params = saved["encoder"], saved["stats"], saved["n_params"]
             pretrained_by = saved.get("pretrained_by", rid)
         else:
+            built = []
+
             def pretrain_encoder() -> dict:
-                model, stats = pretrain(config, train_set, device, log, checkpointer, cache_dir=cache_dir)
+                rows = []
+                model, stats = pretrain(config, train_set, device, lambda row: (rows.append(row), log(row)),
+                                        checkpointer, cache_dir=cache_dir)
+                built.append(True)
                 return {"encoder": model.encoder_state_dict(), "stats": stats, "run_id": rid, "study": study,
-                        "n_params": sum(p.numel() for p in model.parameters())}
+                        "n_params": sum(p.numel() for p in model.parameters()), "metrics": rows}
             if rank.world > 1:  # every rank trains together; the cache cannot make some of them wait
                 entry = cache.load(encoder_path)
                 if entry is None:
@@ -116,6 +121,9 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
             else:
                 entry = cache.get_or_build(cache_dir, "encoders", pretrain_config(config), pretrain_encoder)
             distributed.shutdown()  # the evals run in the main process alone
+            if not built:  # reused: the pre-training's own metrics, marked with the run that made them
+                for row in entry.get("metrics", []):
+                    log({**row, "from_run": entry["run_id"]})
             encoder_state, stats, n_params = entry["encoder"], entry["stats"], entry["n_params"]
             pretrained_by = entry["run_id"]
             if keep_checkpoints:
@@ -133,6 +141,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
             "study": study,
             "finetune_top1": evals.get("finetune", {}).get("top1"),
             "linear_probe_top1": evals.get("linear_probe", {}).get("top1"),
+            "knn_top1": evals.get("knn", {}).get("top1"),
             "linear_probe_feature": config["evals"]["linear_probe"]["feature"],
             "finetune_feature": config["evals"]["finetune"]["feature"],
             "evals": evals,
