@@ -200,13 +200,14 @@ class MaskedAutoencoderViT(nn.Module):
         full_pred=False only the masked patches' (B×M×target_dim, in position order) — the same
         loss and gradients for less work, as the loss never reads the visible patches."""
         latent, ids_restore = self.forward_encoder(imgs, mask)
+        targets = target.targets(imgs, self)  # B×L×D, or B×L token ids
         if full_pred:
             pred = self.forward_decoder(latent, ids_restore)
-            loss = target.loss(pred, target(self.patchify(imgs)), mask)
+            loss = target.loss(pred, targets, mask)
             return loss, pred
         pred = self.forward_decoder(latent, ids_restore, mask)
-        patches = self.patchify(imgs)[mask].view(pred.shape[0], pred.shape[1], -1)
-        loss = target.loss(pred, target(patches), torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device))
+        targets = targets[mask].view(pred.shape[0], pred.shape[1], *targets.shape[2:])
+        loss = target.loss(pred, targets, torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device))
         return loss, pred
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:

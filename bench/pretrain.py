@@ -38,7 +38,8 @@ def pretrain(cfg: dict, train_set, device: torch.device,
     pcfg, mcfg, data = cfg["pretrain"], cfg["masking"], cfg["data"]
     rank = distributed.current()
     torch.manual_seed(cfg["seed"])
-    target = build_target(pcfg["target"])
+    target = build_target(pcfg["target"], pcfg["target_params"], train_set=train_set, cfg=cfg, cache_dir=cache_dir,
+                          device=device)
     patch_dim = cfg["model"]["patch_size"] ** 2 * train_set.channels
     model = build_mae(cfg["model"], data["img_size"], train_set.channels, target.out_dim(patch_dim)).to(device)
     base_lr = scaled_lr(pcfg["blr"], pcfg["batch_size"])
