@@ -97,3 +97,12 @@ class LARS(torch.optim.Optimizer):
                 mu = state["mu"]
                 mu.mul_(group["momentum"]).add_(update)
                 p.add_(mu, alpha=-group["lr"])
+
+
+def fused_adamw(params, lr: float, **kw) -> tuple[torch.optim.Optimizer, str]:
+    """AdamW fused (one kernel per step) where this torch supports it on the device, else foreach.
+    The same update as the default AdamW, to float rounding."""
+    try:
+        return torch.optim.AdamW(params, lr=lr, fused=True, **kw), "fused"
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.AdamW(params, lr=lr, foreach=True, **kw), "foreach"

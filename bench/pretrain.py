@@ -1,6 +1,6 @@
 """MAE pre-training: the paper's recipe, read from the resolved config.
 
-AdamW (β = 0.9, 0.95, weight decay 0.05 on weight matrices), lr = blr × batch / 256 with
+AdamW (β = 0.9, 0.95, weight decay 0.05 on weight matrices; fused where torch has it), lr = blr × batch / 256 with
 linear warmup and cosine decay set every iteration, batched augmentation and masks made on
 the model's device. The data order, augmentation and masks of epoch e depend only on
 (seed, e), so a run's numbers do not depend on where it ran before.
@@ -17,7 +17,7 @@ from bench import distributed, masking
 from bench.augment import augment, normalize
 from bench.checkpoint import Checkpointer
 from bench.models_mae import MaskedAutoencoderViT, build_mae
-from bench.optim import lr_at, scaled_lr, set_lr, weight_decay_groups
+from bench.optim import fused_adamw, lr_at, scaled_lr, set_lr, weight_decay_groups
 from bench.targets import build_target
 
 
@@ -43,8 +43,8 @@ def pretrain(cfg: dict, train_set, device: torch.device,
     patch_dim = cfg["model"]["patch_size"] ** 2 * train_set.channels
     model = build_mae(cfg["model"], data["img_size"], train_set.channels, target.out_dim(patch_dim)).to(device)
     base_lr = scaled_lr(pcfg["blr"], pcfg["batch_size"])
-    optimizer = torch.optim.AdamW(weight_decay_groups(model, pcfg["weight_decay"]), lr=base_lr,
-                                  betas=(pcfg["beta1"], pcfg["beta2"]))
+    optimizer, _ = fused_adamw(weight_decay_groups(model, pcfg["weight_decay"]), base_lr,
+                               betas=(pcfg["beta1"], pcfg["beta2"]))
     batch_size = min(pcfg["batch_size"], len(train_set))
     steps_per_epoch = len(train_set) // batch_size
     grid = (model.grid, model.grid)
@@ -85,7 +85,8 @@ def pretrain(cfg: dict, train_set, device: torch.device,
             x = normalize(augment(images, data["augmentation"], data["img_size"], gen),
                           train_set.mean, train_set.std)
             mask = masking.generate(mcfg["strategy"], x.shape[0], grid, mcfg["ratio"], mcfg["params"], gen, device)
-            loss, _ = step_model(x[share], mask[share], target)  # this process's slice of the batch
+            # this process's slice of the batch; the decoder predicts only the masked patches (the loss's)
+            loss, _ = step_model(x[share], mask[share], target, full_pred=False)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"pre-training loss is {loss.item()} at epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)

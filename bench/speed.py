@@ -59,7 +59,7 @@ from bench.augment import augment, normalize
 from bench.config import MODEL_PRESETS, resolve
 from bench.data import ImageSet, make_synthetic
 from bench.models_mae import build_mae
-from bench.optim import LARS, layer_decay_groups, weight_decay_groups
+from bench.optim import LARS, fused_adamw, layer_decay_groups, weight_decay_groups
 from bench.targets import build_target
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # stats of the synthetic images (bench.data.STATS)
@@ -311,14 +311,6 @@ def _model_cfg(preset: str, img_size: int) -> dict:
     return resolve({"model": {"preset": preset}, "data": {"name": "synthetic", "img_size": img_size}})
 
 
-def _fused_adamw(params, lr: float, device: torch.device, **kw) -> tuple[torch.optim.Optimizer, str]:
-    """AdamW fused (one kernel per step) where this torch supports it on the device, else foreach."""
-    try:
-        return torch.optim.AdamW(params, lr=lr, fused=True, **kw), "fused"
-    except (RuntimeError, ValueError, TypeError):
-        return torch.optim.AdamW(params, lr=lr, foreach=True, **kw), "foreach"
-
-
 class _Cycle:
     """Endless batches: a new epoch (a new iterator) whenever one runs out."""
 
@@ -390,7 +382,7 @@ def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, ba
                        full_pred: bool = False, data: bool = True, name: str | None = None) -> Kind:
     """bench.pretrain's training step: batched on-device augmentation and masks, masked-only prediction.
 
-    Ablations: fused=False (the default AdamW, as bench.pretrain builds it today), full_pred=True
+    Ablations: fused=False (the default single-tensor AdamW), full_pred=True
     (the decoder predicting all patches), data=False (one batch augmented once).
     """
     img_size, channels = cfg["data"]["img_size"], images.shape[1]
@@ -401,7 +393,7 @@ def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, ba
     model.train()
     lr = BLR * batch / 256
     if fused:
-        optimizer, flavour = _fused_adamw(weight_decay_groups(model, WEIGHT_DECAY), lr, device, betas=BETAS)
+        optimizer, flavour = fused_adamw(weight_decay_groups(model, WEIGHT_DECAY), lr, betas=BETAS)
     else:
         optimizer = torch.optim.AdamW(weight_decay_groups(model, WEIGHT_DECAY), lr=lr, betas=BETAS)
         flavour = "default"
