@@ -3,6 +3,8 @@
     mimbench plan ablations/quickstart.yaml          what would run, what is done; runs nothing
     mimbench run  ablations/quickstart.yaml          run what is not done, then write the report
     mimbench report results/quickstart               tables and plots from finished runs
+    mimbench run ablations/mae/fig5_mask_ratio.yaml --profile small    a spec at one of its scales
+    mimbench report results/mae_fig5_mask_ratio-small [--paper mae:fig5]   ours beside the paper's
     mimbench status quickstart                       done / running / pending / failed per run
     mimbench cancel quickstart                       scancel the study's live SLURM jobs
     mimbench masks --strategy block --ratio 0.75 --grid 14 --stats [--png masks.png]
@@ -88,7 +90,11 @@ def cmd_plan(args) -> int:
 
 def _print_report(paths: dict, out: Console) -> None:
     out.print(Path(paths["table_md"]).read_text())
-    out.print(f"wrote {paths['table_md']}, {paths['table_csv']}, {paths['plot']}")
+    if paths.get("comparison_md"):
+        out.print(Path(paths["comparison_md"]).read_text())
+    written = [paths[k] for k in ("table_md", "table_csv", "plot", "comparison_md", "comparison_csv", "comparison_png")
+               if paths.get(k)]
+    out.print("wrote " + ", ".join(map(str, written)))
 
 
 def cmd_run(args) -> int:
@@ -113,12 +119,18 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from bench.paper_numbers import parse_paper_ref, subtable
     from bench.report import write_report
 
     study_dir = Path(args.study_dir)
     if not study_dir.is_dir():
         raise ConfigError("STUDY_DIR", f"{study_dir} is not a folder; allowed: results/<study>")
-    _print_report(write_report(study_dir, args.reports), Console())
+    if args.paper:
+        subtable(*parse_paper_ref(args.paper))  # a bad --paper stops before anything is written
+    paths = write_report(study_dir, args.reports, paper=args.paper)
+    _print_report(paths, Console())
+    if "comparison_md" in paths:
+        print(f"wrote {paths['comparison_md']}, {paths['comparison_csv']}, {paths['comparison_png']}")
     return 0
 
 
@@ -235,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write tables and plots for a study's finished runs")
     p.add_argument("study_dir", help="results/<study>")
     p.add_argument("--reports", default="reports")
+    p.add_argument("--paper", help="compare with a paper's subtable, PAPER:SUBTABLE (e.g. mae:table1f); "
+                                   "default: the one the study's spec names")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("status", help="done / running / pending / failed / interrupted, per run")

@@ -2,14 +2,19 @@
 
     reports/<study>/
         runs.csv    one row per finished run: its flattened config and its result
-        table.csv   one row per setting of the varying axes: mean and std over seeds
+        table.csv   one row per setting of the varying axes, per eval: mean, std, n and the 95%
+                    bootstrap interval over seeds, and whether it is the best or within seed noise of it
         table.md    the same table in markdown, with the study's description and setup
-        plot.png    fine-tune and linear probe top-1 against the varying axis
+        plot.png    fine-tune and linear probe top-1 (and k-NN, when run) against the varying axis
+        comparison.md / .csv / .png   when the study names the paper subtable it reproduces (bench.compare)
 
 A run counts when its result.json is complete (see bench.store); half-written runs are
 skipped. The axes are inferred from the configs: the keys whose values differ between runs,
 the seed aside, and leaving out the keys a setting implies (a masking strategy's params, a
 model preset's widths and depths) when they only follow it.
+
+Seed noise (bench.stats.within_noise): the table marks the settings whose difference from the
+best setting is within two standard errors of that difference.
 """
 from __future__ import annotations
 
@@ -31,12 +36,15 @@ import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
 from bench.config import ConfigError  # noqa: E402
+from bench.stats import NOISE_RULE, bootstrap_ci, within_noise  # noqa: E402
 from bench.store import atomic_write_text, iter_runs, read_result, read_study_manifest  # noqa: E402
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on 10k configs
 
 METRICS = {"finetune": ("finetune_top1", "fine-tune top-1"),
-           "linear_probe": ("linear_probe_top1", "linear probe top-1")}
+           "linear_probe": ("linear_probe_top1", "linear probe top-1"),
+           "knn": ("knn_top1", "k-NN top-1")}
+OPTIONAL_METRICS = ("knn",)  # shown only when some run has a value
 
 AXIS_LABELS = {
     "masking.ratio": "mask ratio",
@@ -44,6 +52,7 @@ AXIS_LABELS = {
     "model.preset": "model",
     "model.decoder_depth": "decoder depth",
     "model.decoder_embed_dim": "decoder width",
+    "model.mask_token_in_encoder": "mask token in the encoder",
     "model.depth": "encoder depth",
     "model.embed_dim": "encoder width",
     "model.patch_size": "patch size",
@@ -54,6 +63,7 @@ AXIS_LABELS = {
     "data.img_size": "image size",
     "evals.linear_probe.feature": "probe feature",
     "evals.finetune.feature": "fine-tune feature",
+    "evals.finetune.blocks": "blocks fine-tuned",
 }
 
 MISSING = "—"
@@ -103,7 +113,7 @@ def runs_frame(study_dir: Path | str) -> pd.DataFrame:
     spec_order = {rid: i for i, rid in enumerate(read_study_manifest(study_dir).get("runs", []))}
     position = frame["run_id"].map(lambda rid: spec_order.get(rid, len(spec_order)))
     frame = frame.iloc[position.argsort(kind="stable")].reset_index(drop=True)
-    metrics = [col for col, _ in METRICS.values()]
+    metrics = [col for col, _ in METRICS.values() if col in frame]
     for col in metrics:  # None (eval disabled) -> NaN
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
     config_cols = sorted(c for c in frame.columns if _is_config(c) and c != "seed")
@@ -112,13 +122,20 @@ def runs_frame(study_dir: Path | str) -> pd.DataFrame:
     return frame[first + config_cols + metrics + rest]
 
 
+def present_metrics(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """The evals to report: fine-tune and linear probe always, an optional one (k-NN) when it has values."""
+    return {name: (col, label) for name, (col, label) in METRICS.items()
+            if name not in OPTIONAL_METRICS or (col in frame and frame[col].notna().any())}
+
+
 def _is_config(column: str) -> bool:
     return column == "seed" or "." in column
 
 
 def _implied(key: str) -> bool:
-    """Keys that the config fills in from another setting: strategy params, preset numbers."""
-    return key.startswith("masking.params.") or (key.startswith("model.") and key != "model.preset")
+    """Keys that the config fills in from another setting: strategy and target params, preset numbers."""
+    return (key.startswith(("masking.params.", "pretrain.target_params."))
+            or (key.startswith("model.") and key != "model.preset"))
 
 
 def _is_numeric(values: pd.Series) -> bool:
@@ -158,20 +175,53 @@ def _rank(values: pd.Series, order: list) -> pd.Series:
 
 
 def summary_table(frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """Mean and std (ddof=1, over seeds) of both evals per combination of the axes.
+    """Per combination of the axes and per eval, over seeds: mean, std (ddof=1), n (runs with a
+    value), the 95% bootstrap interval of the mean (ci_lo, ci_hi) and `vs_best`: 'best' (highest
+    mean), 'within noise' of the best, 'below' it, or 'unknown' (one seed: noise cannot be judged).
+    Then n, the runs of the setting.
 
     With no varying axis there is a single row, labelled by the study in a `study` column.
     """
     keys = list(axes) or ["study"]
-    grouped = frame.groupby(keys, sort=False, dropna=False)
-    table = grouped.agg(finetune_mean=("finetune_top1", "mean"), finetune_std=("finetune_top1", "std"),
-                        linear_probe_mean=("linear_probe_top1", "mean"),
-                        linear_probe_std=("linear_probe_top1", "std"),
-                        n=("run_id", "size")).reset_index()
+    metrics = present_metrics(frame)
+    rows, samples = [], []  # samples[i][name]: row i's per-seed values of an eval
+    for setting, runs in frame.groupby(keys, sort=False, dropna=False):
+        row = dict(zip(keys, setting if isinstance(setting, tuple) else (setting,)))
+        samples.append({})
+        for name, (col, _) in metrics.items():
+            values = runs[col].dropna().to_numpy(dtype=float)
+            samples[-1][name] = values
+            lo, hi = bootstrap_ci(values)
+            row.update({f"{name}_mean": values.mean() if len(values) else np.nan,
+                        f"{name}_std": values.std(ddof=1) if len(values) > 1 else np.nan,
+                        f"{name}_n": len(values), f"{name}_ci_lo": lo, f"{name}_ci_hi": hi})
+        row["n"] = len(runs)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for name in metrics:
+        table.insert(table.columns.get_loc(f"{name}_ci_hi") + 1, f"{name}_vs_best",
+                     _versus_best(table[f"{name}_mean"], [s[name] for s in samples]))
     if axes:
         orders = {a: _value_order(frame[a]) for a in axes}
         table = table.sort_values(axes, key=lambda col: _rank(col, orders[col.name]), kind="stable")
     return table.reset_index(drop=True)
+
+
+def _versus_best(means: pd.Series, samples: list[np.ndarray]) -> list[str]:
+    """Each setting against the one with the highest mean: best / within noise / below / unknown."""
+    if means.isna().all():
+        return [""] * len(means)
+    best = int(means.reset_index(drop=True).idxmax())
+    verdicts = []
+    for i, mean in enumerate(means):
+        if i == best:
+            verdicts.append("best")
+        elif pd.isna(mean):
+            verdicts.append("")
+        else:
+            same = within_noise(samples[i], samples[best])
+            verdicts.append("unknown" if same is None else "within noise" if same else "below")
+    return verdicts
 
 
 def _fmt_value(value: Any) -> str:
@@ -190,18 +240,39 @@ def _fmt_score(mean: float, std: float, n: int) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
+def _fmt_interval(lo: float, hi: float, n: int) -> str:
+    """'[84.0, 85.0]'; a dash with fewer than two seeds (an interval of one value says nothing)."""
+    return MISSING if n < 2 or pd.isna(lo) else f"[{lo:.1f}, {hi:.1f}]"
+
+
+def _marked(cell: str, vs_best: str, n_rows: int) -> str:
+    """The best setting in bold, one within seed noise of it with a dagger."""
+    if n_rows < 2 or cell == MISSING:
+        return cell
+    return f"**{cell}**" if vs_best == "best" else f"{cell} †" if vs_best == "within noise" else cell
+
+
 def format_markdown(table: pd.DataFrame, axes: list[str]) -> str:
-    """A GitHub markdown table: the axes, then 'mean ± std' of each eval, then n."""
+    """A GitHub markdown table: the axes, then per eval 'mean ± std', its 95% bootstrap interval and
+    n (runs with a value); the best setting of each eval in bold, those within seed noise of it
+    marked †, explained in a footnote under the table."""
     keys = list(axes) or ["study"]
-    header = keys + [label for _, label in METRICS.values()] + ["n"]
+    names = [name for name in METRICS if f"{name}_mean" in table]
+    header = keys + [h for name in names for h in (METRICS[name][1], "95% CI", "n")]
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join([" --- "] * len(keys) + [" ---: "] * (len(header) - len(keys))) + "|"]
     for row in table.to_dict("records"):
-        n = int(row["n"])
         cells = [_fmt_value(row[k]) for k in keys]
-        cells += [_fmt_score(row[f"{name}_mean"], row[f"{name}_std"], n) for name in METRICS]
-        cells.append(str(n))
+        for name in names:
+            n = int(row[f"{name}_n"])
+            score = _fmt_score(row[f"{name}_mean"], row[f"{name}_std"], n)
+            cells += [_marked(score, row[f"{name}_vs_best"], len(table)),
+                      _fmt_interval(row[f"{name}_ci_lo"], row[f"{name}_ci_hi"], n), str(n)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    if len(table) > 1:
+        lines += ["", "**Bold**: the setting with the highest mean. †: within seed noise of it, "
+                  f"{NOISE_RULE}; a setting with one seed cannot be judged and gets no mark. "
+                  "95% CI: percentile bootstrap of the mean over seeds."]
     return "\n".join(lines) + "\n"
 
 
@@ -286,7 +357,7 @@ def _lines(ax, data: pd.DataFrame, metric: str, x: str, x_order: list, colors, n
 
 
 def plot_study(frame: pd.DataFrame, axes: list[str], path: Path | str, title: str) -> None:
-    """Two panels, fine-tune and linear probe top-1, against the first axis (x).
+    """A panel per eval (fine-tune, linear probe, and k-NN when run) against the first axis (x).
 
     A numeric axis gives lines through the means, a categorical one bars; further axes
     split the runs into coloured groups (the legend). Each run is a dot.
@@ -309,10 +380,12 @@ def plot_study(frame: pd.DataFrame, axes: list[str], path: Path | str, title: st
     x_ticks = [_fmt_value(v) for v in x_order]
     n_slots = len(x_order) * (1 if numeric else n_levels)
     panel_w = 5.0 if numeric else min(max(4.2, 0.5 * n_slots + 1.6), 7.5)
+    metrics = present_metrics(data)
+    fig_w = len(metrics) * panel_w
 
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
-        fig, panels = plt.subplots(1, 2, figsize=(2 * panel_w, 4.6), layout="constrained")
-        for ax, (metric, name) in zip(panels, METRICS.values()):
+        fig, panels = plt.subplots(1, len(metrics), figsize=(fig_w, 4.6), layout="constrained")
+        for ax, (metric, name) in zip(panels, metrics.values()):
             ax.set_title(f"{name} (%)")
             if data[metric].isna().all():
                 _not_run(ax)
@@ -336,10 +409,10 @@ def plot_study(frame: pd.DataFrame, axes: list[str], path: Path | str, title: st
                                   color=colors[0] if numeric and not levels else "0.15"))
         names.append("one run (seed)")
         legend_title = ", ".join(axis_label(a) for a in axes[1:]) or None
-        per_row = max(1, int(2 * panel_w * 13 / (max(map(len, names)) + 6)))  # entries that fit on a row
+        per_row = max(1, int(fig_w * 13 / (max(map(len, names)) + 6)))  # entries that fit on a row
         fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), per_row), frameon=False,
                    title=legend_title, fontsize=9, title_fontsize=9)
-        width = int(2 * panel_w * 11)  # characters that fit across the figure
+        width = int(fig_w * 11)  # characters that fit across the figure
         fig.suptitle("\n".join(textwrap.fill(line, width) for line in title.splitlines()), fontsize=12)
         _save_png(fig, Path(path))
 
@@ -379,10 +452,12 @@ def _setup_line(frame: pd.DataFrame) -> str:
         probe = "not run"
     if frame["finetune_top1"].isna().all():
         finetune = "not run"
-    cells = "mean ± std over seeds" if len(seeds) > 1 else "one run each"
+    knn = f", k-NN on the {distinct('evals.knn.feature')} feature" if "knn" in present_metrics(frame) else ""
+    cells = ("mean ± std over seeds, the 95% bootstrap interval of the mean, and n, the runs with a result"
+             if len(seeds) > 1 else "one run each")
     n = len(frame)
     return (f"{n} run{'s' if n != 1 else ''}{seed_text} on {distinct('device')}; "
-            f"linear probe {probe}, fine-tune {finetune}. Cells: top-1 %, {cells}.")
+            f"linear probe {probe}, fine-tune {finetune}{knn}. Cells: top-1 %, {cells}.")
 
 
 def _join_zip_groups(frame: pd.DataFrame, axes: list[str], groups: list[list[str]]) -> tuple[pd.DataFrame, list[str]]:
@@ -399,15 +474,22 @@ def _join_zip_groups(frame: pd.DataFrame, axes: list[str], groups: list[list[str
 
 
 def write_report(study_dir: Path | str, reports_root: Path | str = "reports",
-                 description: str | None = None) -> dict:
-    """Write runs.csv, table.csv, table.md and plot.png under reports_root/<study>/."""
+                 description: str | None = None, paper: str | dict | None = None) -> dict:
+    """Write runs.csv, table.csv, table.md and plot.png under reports_root/<study>/.
+
+    When the study reproduces a paper's subtable (`paper`, 'mae:table1f' or {source, subtable};
+    else the `paper` of its study.json), also comparison.md, .csv and .png (bench.compare); their
+    paths come back as comparison_md, comparison_csv and comparison_png.
+    """
     study_dir = Path(study_dir)
     study = study_dir.name
-    description = description or read_study_manifest(study_dir).get("description")
-    frame = runs_frame(study_dir)
-    if frame.empty:
+    manifest = read_study_manifest(study_dir)
+    description = description or manifest.get("description")
+    paper = paper or manifest.get("paper")
+    runs = runs_frame(study_dir)
+    if runs.empty:
         raise ConfigError(str(study_dir), "no finished runs (a run is finished when its result.json is complete)")
-    frame, axes = _join_zip_groups(frame, varying_axes(frame), read_study_manifest(study_dir).get("zip_groups", []))
+    frame, axes = _join_zip_groups(runs, varying_axes(runs), manifest.get("zip_groups", []))
     table = summary_table(frame, axes)
     out = Path(reports_root) / study
     paths = {"table_md": out / "table.md", "table_csv": out / "table.csv",
@@ -418,4 +500,9 @@ def write_report(study_dir: Path | str, reports_root: Path | str = "reports",
     parts = [f"# {study}", description, format_markdown(table, axes).rstrip(), _setup_line(frame)]
     atomic_write_text(paths["table_md"], "\n\n".join(p for p in parts if p) + "\n")
     plot_study(frame, axes, paths["plot"], f"{study}\n{description}" if description else study)
+    if paper:
+        from bench.compare import write_comparison  # it builds on this module
+
+        comparison = write_comparison(study_dir, reports_root, paper, runs=runs)
+        paths.update({k: comparison[k] for k in ("comparison_md", "comparison_csv", "comparison_png")})
     return {**paths, "n_runs": len(frame), "table": table}

@@ -1,5 +1,6 @@
 """Reports: tables and plots from fabricated result folders with known accuracies."""
 import copy
+import json
 import math
 
 import pandas as pd
@@ -73,31 +74,60 @@ def test_runs_frame_flattens_config_and_skips_unfinished_runs(strategies):
     assert frame.loc[frame["run_id"] == "block0", "masking.params.min_patches"].item() == 4
 
 
+def test_target_params_follow_the_target(tmp_path):
+    params = {"pixel": {}, "pca": {"components": 8}, "hog": {"bins": 9}}
+    for target, target_params in params.items():
+        add_run(tmp_path, "targets", target, finetune=80.0, probe=60.0, pretrain__target=target,
+                pretrain__target_params=target_params)
+    frame = runs_frame(tmp_path / "targets")
+    assert "pretrain.target_params.components" in frame
+    assert varying_axes(frame) == ["pretrain.target"]
+
+
 def test_summary_over_seeds_is_exact(strategies):
     frame = runs_frame(strategies)
     axes = varying_axes(frame)
     assert axes == ["masking.strategy"]  # not the seed, nor the params that follow the strategy
     table = summary_table(frame, axes)
-    assert list(table.columns) == ["masking.strategy", "finetune_mean", "finetune_std",
-                                   "linear_probe_mean", "linear_probe_std", "n"]
+    per_eval = ["mean", "std", "n", "ci_lo", "ci_hi", "vs_best"]
+    assert list(table.columns) == (["masking.strategy"] + [f"finetune_{c}" for c in per_eval]
+                                   + [f"linear_probe_{c}" for c in per_eval] + ["n"])  # no k-NN column: not run
     assert list(table["masking.strategy"]) == ["block", "grid", "random"]  # first seen (folders by name)
     for row in table.to_dict("records"):
         ft, lp = SCORES[row["masking.strategy"]]
-        assert row["n"] == 2
+        assert row["n"] == 2 and row["finetune_n"] == 2 and row["linear_probe_n"] == 2
         assert row["finetune_mean"] == pytest.approx(sum(ft) / 2)
         assert row["finetune_std"] == pytest.approx(abs(ft[0] - ft[1]) / math.sqrt(2))  # ddof=1
         assert row["linear_probe_mean"] == pytest.approx(sum(lp) / 2)
         assert row["linear_probe_std"] == pytest.approx(abs(lp[0] - lp[1]) / math.sqrt(2))
+        # two seeds: the percentile bootstrap interval of the mean spans the two seeds
+        assert (row["finetune_ci_lo"], row["finetune_ci_hi"]) == pytest.approx((min(ft), max(ft)))
+        assert row["finetune_vs_best"] == ("best" if row["masking.strategy"] == "random" else "below")
 
 
 def test_markdown_cells(strategies):
     frame = runs_frame(strategies)
     text = format_markdown(summary_table(frame, ["masking.strategy"]), ["masking.strategy"])
     lines = text.splitlines()
-    assert lines[0] == "| masking.strategy | fine-tune top-1 | linear probe top-1 | n |"
-    assert "| random | 84.5 ± 0.7 | 61.0 ± 1.4 | 2 |" in lines
-    assert "| block | 82.2 ± 0.4 | 55.5 ± 0.7 | 2 |" in lines  # 82.25 rounds half to even
-    assert "| grid | 80.5 ± 0.7 | 51.5 ± 2.1 | 2 |" in lines
+    assert lines[0] == "| masking.strategy | fine-tune top-1 | 95% CI | n | linear probe top-1 | 95% CI | n |"
+    assert "| random | **84.5 ± 0.7** | [84.0, 85.0] | 2 | **61.0 ± 1.4** | [60.0, 62.0] | 2 |" in lines  # the best
+    assert "| block | 82.2 ± 0.4 | [82.0, 82.5] | 2 | 55.5 ± 0.7 | [55.0, 56.0] | 2 |" in lines  # 82.25: half to even
+    assert "| grid | 80.5 ± 0.7 | [80.0, 81.0] | 2 | 51.5 ± 2.1 | [50.0, 53.0] | 2 |" in lines
+    assert "†" not in "".join(lines[2:5])  # every gap to the best is beyond seed noise
+
+
+def test_settings_within_seed_noise_of_the_best_are_marked(tmp_path):
+    for strategy, ft in {"random": [84.0, 85.0], "block": [84.2, 84.6], "grid": [80.0, 80.4]}.items():
+        for seed in (0, 1):
+            add_run(tmp_path, "noise", f"{strategy}{seed}", finetune=ft[seed], probe=60.0 + seed, seed=seed,
+                    masking__strategy=strategy)
+    table = summary_table(runs_frame(tmp_path / "noise"), ["masking.strategy"])
+    assert dict(zip(table["masking.strategy"], table["finetune_vs_best"])) == {
+        "random": "best", "block": "within noise", "grid": "below"}
+    text = format_markdown(table, ["masking.strategy"])
+    assert "| block | 84.4 ± 0.3 † | [84.2, 84.6] | 2 |" in text
+    assert "| grid | 80.2 ± 0.3 | [80.0, 80.4] | 2 |" in text
+    assert "†: within seed noise of it" in text
 
 
 def test_single_runs_and_missing_evals_in_markdown(tmp_path):
@@ -106,8 +136,10 @@ def test_single_runs_and_missing_evals_in_markdown(tmp_path):
     frame = runs_frame(tmp_path / "s")
     table = summary_table(frame, varying_axes(frame))
     assert math.isnan(table.loc[0, "linear_probe_std"])
+    assert table.loc[0, "finetune_n"] == 0 and table.loc[0, "linear_probe_n"] == 1
+    assert table.loc[0, "linear_probe_vs_best"] == "unknown"  # one seed each: noise cannot be judged
     text = format_markdown(table, ["masking.strategy"])
-    assert "| random | — | 70.0 | 1 |" in text and "±" not in text
+    assert "| random | — | — | 0 | 70.0 | — | 1 |" in text and "±" not in text and "†" not in text.split("\n\n")[0]
 
 
 def test_write_report_writes_all_files(strategies, tmp_path):
@@ -119,9 +151,11 @@ def test_write_report_writes_all_files(strategies, tmp_path):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
     md = out["table_md"].read_text()
     assert md.startswith("# sampling\n\nMask sampling (MAE Table 1f)\n")
-    assert "| random | 84.5 ± 0.7 | 61.0 ± 1.4 | 2 |" in md
+    assert "| random | **84.5 ± 0.7** | [84.0, 85.0] | 2 | **61.0 ± 1.4** | [60.0, 62.0] | 2 |" in md
     assert "6 runs (seeds 0, 1) on cpu (test)" in md and "linear probe on the cls feature" in md
     assert len(pd.read_csv(out["runs_csv"])) == 6 and len(pd.read_csv(out["table_csv"])) == 3
+    assert {"finetune_ci_lo", "finetune_ci_hi", "finetune_n", "finetune_vs_best"} <= set(pd.read_csv(out["table_csv"]))
+    assert "comparison_md" not in out  # the study names no paper subtable
     assert not list(out["plot"].parent.glob(".*"))  # no temporary files left behind
 
 
@@ -130,7 +164,7 @@ def test_numeric_axis_sorts_numerically(tmp_path):
         add_run(tmp_path, "ratio", f"r{i}", finetune=80 + ratio, probe=50 + 10 * ratio, masking__ratio=ratio)
     out = write_report(tmp_path / "ratio", tmp_path / "reports")
     assert list(out["table"]["masking.ratio"]) == [0.25, 0.5, 0.75, 0.9]
-    assert "| 0.25 | 80.2 | 52.5 | 1 |" in out["table_md"].read_text()
+    assert "| 0.25 | 80.2 | — | 1 | 52.5 | — | 1 |" in out["table_md"].read_text()
 
 
 def test_two_axes(tmp_path):
@@ -153,7 +187,7 @@ def test_two_axes(tmp_path):
         assert row["finetune_std"] == pytest.approx(1 / math.sqrt(2)) and row["n"] == 2
         assert math.isnan(row["linear_probe_mean"])
     out = write_report(tmp_path / "grid2", tmp_path / "reports")  # an eval that never ran: "not run" panel
-    assert "| 0.5 | block | 85.5 ± 0.7 | — | 2 |" in out["table_md"].read_text()
+    assert "| 0.5 | block | 85.5 ± 0.7 | [85.0, 86.0] | 2 | — | — | 0 |" in out["table_md"].read_text()
     assert out["plot"].read_bytes().startswith(b"\x89PNG")
 
 
@@ -164,7 +198,9 @@ def test_no_varying_axis_gives_one_row_named_by_the_study(tmp_path):
     assert varying_axes(frame) == []
     table = summary_table(frame, [])
     assert list(table["study"]) == ["one"] and table.loc[0, "n"] == 2
-    assert "| one | 81.0 ± 1.4 | 61.0 ± 1.4 | 2 |" in format_markdown(table, [])
+    text = format_markdown(table, [])
+    assert "| one | 81.0 ± 1.4 | [80.0, 82.0] | 2 | 61.0 ± 1.4 | [60.0, 62.0] | 2 |" in text
+    assert "**" not in text and "†" not in text  # one row: nothing to mark
     plot_study(frame, [], tmp_path / "one.png", "one")
     assert (tmp_path / "one.png").stat().st_size > 0
 
@@ -184,4 +220,22 @@ def test_a_null_setting_sorts_last_and_prints_as_a_dash(tmp_path):
     out = write_report(tmp_path / "limit", tmp_path / "reports")
     assert list(out["table"]["data.test_limit"].fillna(-1)) == [256, -1]
     text = out["table_md"].read_text()
-    assert text.index("| 256 | 81.0 | 61.0 | 1 |") < text.index("| — | 80.0 | 60.0 | 1 |")
+    first, second = "| 256 | **81.0** | — | 1 | **61.0** | — | 1 |", "| — | 80.0 | — | 1 | 60.0 | — | 1 |"
+    assert text.index(first) < text.index(second)
+
+
+def test_knn_is_a_third_eval_when_it_has_values(tmp_path):
+    for i, ratio in enumerate([0.5, 0.75]):
+        for seed in (0, 1):
+            run = add_run(tmp_path, "knn", f"r{i}{seed}", finetune=80.0 + i, probe=60.0 + i, seed=seed,
+                          masking__ratio=ratio)
+            result = json.loads(run.result_path.read_text()) | {"knn_top1": 50.0 + 2 * i + seed}
+            run.write_result(result)
+    out = write_report(tmp_path / "knn", tmp_path / "reports")
+    assert list(out["table"]["knn_mean"]) == [50.5, 52.5]
+    lines = out["table_md"].read_text().splitlines()
+    assert ("| masking.ratio | fine-tune top-1 | 95% CI | n | linear probe top-1 | 95% CI | n "
+            "| k-NN top-1 | 95% CI | n |") in lines
+    assert ("| 0.75 | **81.0 ± 0.0** | [81.0, 81.0] | 2 | **61.0 ± 0.0** | [61.0, 61.0] | 2 "
+            "| **52.5 ± 0.7** | [52.0, 53.0] | 2 |") in lines
+    assert out["plot"].read_bytes().startswith(b"\x89PNG")
