@@ -129,8 +129,6 @@ def cmd_report(args) -> int:
         subtable(*parse_paper_ref(args.paper))  # a bad --paper stops before anything is written
     paths = write_report(study_dir, args.reports, paper=args.paper)
     _print_report(paths, Console())
-    if "comparison_md" in paths:
-        print(f"wrote {paths['comparison_md']}, {paths['comparison_csv']}, {paths['comparison_png']}")
     return 0
 
 
