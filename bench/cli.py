@@ -146,7 +146,7 @@ def cmd_status(args) -> int:
     from bench.store import read_study_manifest
 
     studies = [_study_dir(args)] if args.study else sorted(
-        p for p in Path(args.results).iterdir() if p.is_dir() and not p.name.startswith("."))
+        p for p in Path(args.results).iterdir() if p.is_dir() and not p.name.startswith((".", "_")))  # _cache
     out = Console()
     for study_dir in studies:
         statuses = study_status(study_dir, read_study_manifest(study_dir).get("runs"))
