@@ -224,8 +224,12 @@ def reference_batch(name: str, batch: int, grid_hw, ratio: float, params: dict, 
 # ----------------------------------------------------------------------------- timing
 
 
-def _median_ms(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of fn() in milliseconds, after one warm-up call."""
+def _median_ms(fn, repeats: int, device: torch.device, min_seconds: float = 0.3) -> float:
+    """Median wall time of fn() in milliseconds, after one warm-up call.
+
+    At least `repeats` calls, and more until `min_seconds` have passed: fast generators get
+    many samples, so one slow call (another process taking the core) does not move the median.
+    """
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -233,7 +237,7 @@ def _median_ms(fn, repeats: int, device: torch.device) -> float:
     fn()
     sync()
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or sum(times) < min_seconds * 1000:
         start = time.perf_counter()
         fn()
         sync()

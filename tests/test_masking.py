@@ -1,4 +1,5 @@
 """Masking strategies: exact counts, determinism, the grid pattern, block masks are blocky."""
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -135,3 +136,38 @@ def test_bad_strategy_or_parameter_is_a_one_line_error():
         with pytest.raises(ConfigError) as err:
             masking.resolve_params(name, params, 0.75, (8, 8))
         assert "\n" not in str(err.value) and "allowed" in str(err.value)
+
+
+@pytest.mark.parametrize("grid_hw,ratio,min_patches", [((14, 14), 0.75, 4), ((8, 8), 0.5, 4),
+                                                       ((7, 12), 0.4, 16), ((16, 16), 0.9, 16)])
+def test_block_numpy_and_torch_rounds_agree_on_the_same_uniforms(grid_hw, ratio, min_patches):
+    # the CPU path (NumPy, bit rows, shrinking batch) and the device path (torch) are one algorithm:
+    # fed the same uniforms per sample and round, they place the same rectangles
+    batch = 48
+    params = masking.resolve_params("block", {"min_patches": min_patches}, ratio, grid_hw)
+    shape = masking.BlockShape.from_params(params, masking.num_masked(grid_hw[0] * grid_hw[1], ratio))
+    table = np.random.default_rng(0).random((80, 4, batch, shape.attempts), dtype=np.float32)
+    rounds = iter(range(80))
+    numpy_mask = masking._block_rounds_numpy(batch, grid_hw, shape, lambda ids: table[next(rounds)][:, ids])
+    rounds = iter(range(80))
+    torch_mask = masking._block_rounds_torch(batch, grid_hw, shape, lambda: torch.from_numpy(table[next(rounds)]),
+                                             torch.device("cpu"))
+    assert torch.equal(torch.from_numpy(numpy_mask), torch_mask)
+    assert (numpy_mask.sum(1) <= shape.target).all() and numpy_mask.sum(1).min() > 0
+
+
+@pytest.mark.parametrize("exact_count", [masking.exact_count, masking._exact_count_torch])
+def test_exact_count_tops_up_and_trims_keeping_what_it_can(exact_count):
+    # the CPU path (NumPy) and the device path (torch, run here on the CPU)
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[0, :2] = True   # too few: keeps both, adds 3
+    mask[1, :8] = True   # too many: keeps 5 of its 8
+    mask[2, 5:] = True   # exact: unchanged
+    out = exact_count(mask, 5, generator)
+    assert out.sum(1).tolist() == [5, 5, 5]
+    assert out[0, :2].all() and not out[1, 8:].any() and torch.equal(out[2], mask[2])
+    assert mask.sum().item() == 2 + 8 + 5  # the input is left as it was
+    # which patches get added is random but spread: over many draws every free patch of row 0 is used
+    tops = torch.stack([exact_count(mask, 5, generator)[0] for _ in range(200)])
+    assert tops[:, 2:].sum(0).min() > 0
