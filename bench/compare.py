@@ -544,9 +544,11 @@ def _paper_series(ax, points: list[tuple], bound: float | None, numeric: bool, c
     if points:
         xs = [x for x, _ in points]
         right.plot(xs, values, ls="--" if numeric else "", lw=1.5, marker="D", ms=7, color=color, zorder=4)
+        # below a bar's diamond; beside a line's, where our means' labels (above) are not
+        place = dict(xytext=(7, 0), ha="left", va="center") if numeric else dict(xytext=(0, -9), ha="center", va="top")
         for x, y in points:
-            right.annotate(f"{y:.1f}", (x, y), xytext=(0, -9), textcoords="offset points", ha="center",
-                           va="top", fontsize=8, color=color, fontweight="bold")
+            right.annotate(f"{y:.1f}", (x, y), textcoords="offset points", fontsize=8, color=color,
+                           fontweight="bold", **place)
     if bound is not None:
         right.axhline(bound, color=color, ls=":", lw=1.5)
         right.annotate(f"> {bound:g}", (1.0, bound), xycoords=("axes fraction", "data"), xytext=(-4, 3),
