@@ -91,6 +91,8 @@ class OfficialMAE(nn.Module):
     gather with repeated indices, visible tokens in noise order), mask tokens appended and
     un-shuffled by a gather, the decoder predicting all L patches, the loss over all patches
     weighted by the mask. `noise` (B×L) may be given to fix the mask, as in later official code.
+    Attention is computed as the timm 0.3.2 the official repo pins computes it: explicit
+    softmax(q·kᵀ·scale)·v, not torch's fused scaled_dot_product_attention (same math).
     """
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
@@ -115,6 +117,8 @@ class OfficialMAE(nn.Module):
         self.decoder_norm = norm_layer(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans, bias=True)
         self.norm_pix_loss = norm_pix_loss
+        for block in [*self.blocks, *self.decoder_blocks]:
+            block.attn.fused_attn = False  # timm 0.3.2's attention: q·kᵀ, softmax, ·v as separate ops
         self.initialize_weights()
 
     def initialize_weights(self):
