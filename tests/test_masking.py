@@ -171,3 +171,10 @@ def test_exact_count_tops_up_and_trims_keeping_what_it_can(exact_count):
     # which patches get added is random but spread: over many draws every free patch of row 0 is used
     tops = torch.stack([exact_count(mask, 5, generator)[0] for _ in range(200)])
     assert tops[:, 2:].sum(0).min() > 0
+
+
+def test_block_on_grids_wider_than_the_bit_rows_takes_the_torch_rounds():
+    assert 20 > masking.MAX_BIT_WIDTH
+    mask = make("block", 16, (6, 20), 0.6)
+    assert (mask.sum(1) == masking.num_masked(120, 0.6)).all()
+    assert torch.equal(mask, make("block", 16, (6, 20), 0.6))  # same seed, same masks
