@@ -220,8 +220,19 @@ def pairwise_orders(settings: list[Setting], metric: str) -> list[PairOrder]:
 
 
 # ----------------------------------------------------------------------------- claims
-def check_claim(claim: Claim, settings: list[Setting]) -> ClaimCheck:
-    """A claim's machine check against our per-setting means (see bench.paper_numbers.CHECK_KINDS)."""
+def at_paper_scale(runs: pd.DataFrame, sub: Subtable) -> bool:
+    """Whether every run has the paper's setup in our config keys (the paper file's setup.config)."""
+    wanted = sub.setup.get("config") or {}
+    return bool(wanted) and all(key in runs and runs[key].map(lambda v: same_value(v, value)).all()
+                                for key, value in wanted.items())
+
+
+def check_claim(claim: Claim, settings: list[Setting], paper_scale: bool = True) -> ClaimCheck:
+    """A claim's machine check against our per-setting means (see bench.paper_numbers.CHECK_KINDS).
+
+    An absolute bound (kind `above`) is on the paper's scale: with runs at another scale
+    (paper_scale False) it cannot be judged.
+    """
     check = claim.check
     if check is None:
         return ClaimCheck(claim, STATED_ONLY, "no machine check")
@@ -235,7 +246,10 @@ def check_claim(claim: Claim, settings: list[Setting]) -> ClaimCheck:
         return _check_argmax(claim, ran, column, check["at"])
     if check["kind"] == "above":
         lowest = min(ran, key=lambda s: s.mean(column))
-        detail = f"lowest mean {lowest.mean(column):.1f} at {lowest.label}; the bound is on the paper's scale"
+        detail = f"lowest mean {lowest.mean(column):.1f} at {lowest.label}"
+        if not paper_scale:
+            return ClaimCheck(claim, CANNOT_JUDGE, f"{detail}; the bound is absolute, on the paper's scale, "
+                                                   "and our runs are at another")
         return ClaimCheck(claim, PASSES if lowest.mean(column) > check["bound"] else FAILS, detail)
     raise ValueError(f"unknown check kind {check['kind']!r}")
 
@@ -324,7 +338,7 @@ def compare(runs: pd.DataFrame, sub: Subtable) -> Comparison:
     settings = match_settings(runs, sub)
     rankings = {metric: rank_agreement(settings, metric) for metric in METRICS}
     pairs = [pair for metric in METRICS for pair in pairwise_orders(settings, metric)]
-    claims = [check_claim(claim, settings) for claim in sub.claims]
+    claims = [check_claim(claim, settings, at_paper_scale(runs, sub)) for claim in sub.claims]
     by_setting = runs.groupby(list(sub.axes), dropna=False)
     pooled = [key for key in varying_axes(runs)  # keys that vary within a setting, not only with it
               if key not in sub.axes and by_setting[key].nunique(dropna=False).max() > 1]

@@ -220,11 +220,17 @@ def test_a_missing_axis_key_is_a_config_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the paper's claims
-def ratio_study(root, name, scores):
-    """Masking ratios; scores: ratio -> (ft per seed, lin per seed)."""
+PAPER_SCALE = dict(model__preset="mae_vit_large_patch16", data__name="imagefolder", pretrain__epochs=800)
+
+
+def ratio_study(root, name, scores, paper_scale=True):
+    """Masking ratios; scores: ratio -> (ft per seed, lin per seed). Runs at the paper's setup
+    (ViT-L/16, ImageFolder, 800 epochs) unless paper_scale is False."""
+    scale = PAPER_SCALE if paper_scale else {}
     for ratio, (fts, lins) in scores.items():
         for seed, (ft, lin) in enumerate(zip(fts, lins)):
-            add_run(root, name, f"r{ratio}-{seed}", finetune=ft, probe=lin, seed=seed, masking__ratio=ratio)
+            add_run(root, name, f"r{ratio}-{seed}", finetune=ft, probe=lin, seed=seed, masking__ratio=ratio,
+                    **scale)
     return compare(runs_frame(root / name), subtable("mae", "fig5"))
 
 
@@ -246,6 +252,16 @@ def test_claims_fail(tmp_path):
     assert comparison.claims[0].detail == "56.1 → 55.1 → 60.1: drops 0.25 → 0.5"
     assert comparison.claims[1].detail == "our best is 0.9 (62.1); 75% has 60.1"
     assert comparison.claims[2].detail.startswith("lowest mean 80.1 at 0.25")
+
+
+def test_an_absolute_bound_is_judged_only_at_the_paper_scale(tmp_path):
+    # the same numbers from a small-scale study: fine-tuning "above 82.5%" says nothing about them
+    scores = {0.25: ([80, 80.2], [56, 56.2]), 0.75: ([85.5, 85.7], [60, 60.2])}
+    small = ratio_study(tmp_path, "small", scores, paper_scale=False)
+    assert small.claims[2].verdict == CANNOT_JUDGE
+    assert small.claims[2].detail.startswith("lowest mean 80.1 at 0.25; the bound is absolute")
+    assert small.claims[0].verdict == PASSES  # orderings are judged at any scale
+    assert ratio_study(tmp_path, "large", scores).claims[2].verdict == FAILS
 
 
 def test_claims_within_noise_or_not_run_cannot_be_judged(tmp_path):
