@@ -13,10 +13,13 @@
     extends: _recipe.yaml               # a shared recipe (path relative to this file) this spec builds on
     profiles:                           # named variants of the same study, picked with --profile
       small: {base: {pretrain: {epochs: 5}}, grid: {...}, seeds: 3}
+      small_long: {extends: small, base: {pretrain: {epochs: 20}}}   # a profile may build on another
 
 A profile overlays the spec: its `base` merges into the base key by key, its `grid`, `zip`,
 `seeds`, `launch` and `description` replace the spec's. Its runs are the study
-`<name>-<profile>`, so the results of different scales never mix. A spec that `extends` another
+`<name>-<profile>`, so the results of different scales never mix. A profile that `extends`
+another profile is that one's overlay with its own merged over it (base key by key, the rest
+replaced). A spec that `extends` another
 file is merged over it the same way, mapping by mapping (lists replace).
 
 Everything is validated before anything runs; a problem stops with one line naming the file,
@@ -36,7 +39,7 @@ from bench.config import (ConfigError, canonical_json, is_known_key, resolve, re
                           set_dotted)
 
 SPEC_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "launch", "profiles", "paper", "extends")
-PROFILE_KEYS = ("description", "base", "grid", "zip", "seeds", "launch")
+PROFILE_KEYS = ("description", "base", "grid", "zip", "seeds", "launch", "extends")
 
 
 @dataclass
@@ -144,14 +147,30 @@ def apply_profile(spec: dict, profile: str | None) -> dict:
         return spec
     if profile not in profiles:
         raise ConfigError("profiles", f"{profile!r} is not defined; allowed: {', '.join(profiles) or 'none'}")
-    overlay = profiles[profile]
-    unknown = [k for k in overlay if k not in PROFILE_KEYS]
-    if unknown:
-        raise ConfigError(f"profiles.{profile}.{unknown[0]}", f"unknown key; allowed: {', '.join(PROFILE_KEYS)}")
+    overlay = _profile_overlay(profiles, profile, ())
     for key, value in overlay.items():
         spec[key] = _merge(spec.get(key) or {}, value) if key == "base" else copy.deepcopy(value)
     spec["name"] = f"{spec.get('name')}-{profile}"
     return spec
+
+
+def _profile_overlay(profiles: dict, profile: str, seen: tuple) -> dict:
+    """Profile `profile`'s overlay, with the profiles it extends merged under it."""
+    overlay = profiles[profile]
+    unknown = [k for k in overlay if k not in PROFILE_KEYS]
+    if unknown:
+        raise ConfigError(f"profiles.{profile}.{unknown[0]}", f"unknown key; allowed: {', '.join(PROFILE_KEYS)}")
+    parent = overlay.get("extends")
+    if parent is None:
+        return overlay
+    if parent not in profiles or parent in seen + (profile,):
+        allowed = ", ".join(p for p in profiles if p not in seen + (profile,)) or "none"
+        raise ConfigError(f"profiles.{profile}.extends", f"{parent!r} is not allowed; allowed: {allowed}")
+    merged = dict(_profile_overlay(profiles, parent, seen + (profile,)))
+    for key, value in overlay.items():
+        if key != "extends":
+            merged[key] = _merge(merged.get(key) or {}, value) if key == "base" else value
+    return merged
 
 
 def _expand(spec: dict, path: Path, launch_overrides: dict) -> Study:

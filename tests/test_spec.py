@@ -148,6 +148,19 @@ def test_profile_overlays_the_spec_and_names_its_own_study(tmp_path, tiny_base):
         load_study(path, profile="huge")
 
 
+def test_a_profile_can_extend_another(tmp_path, tiny_base):
+    spec = {"name": "s", "base": tiny_base, "seeds": [0],
+            "profiles": {"small": {"base": {"pretrain": {"epochs": 1, "warmup_epochs": 0}}, "seeds": [0, 1]},
+                         "small_long": {"extends": "small", "base": {"pretrain": {"epochs": 3}}},
+                         "a": {"extends": "b"}, "b": {"extends": "a"}}}
+    path = write_spec(tmp_path, spec)
+    long = load_study(path, profile="small_long")
+    assert long.name == "s-small_long" and len(long.runs) == 2  # seeds from small
+    assert {(r.config["pretrain"]["epochs"], r.config["pretrain"]["warmup_epochs"]) for r in long.runs} == {(3, 0)}
+    with pytest.raises(ConfigError, match=r"spec.yaml: profiles.b.extends: 'a' is not allowed"):
+        load_study(path, profile="a")
+
+
 def test_extends_merges_a_shared_recipe(tmp_path, tiny_base):
     write_spec(tmp_path, {"base": tiny_base, "seeds": [3], "profiles": {"small": {"seeds": [0, 1]}}}, "_recipe.yaml")
     path = write_spec(tmp_path, {"extends": "_recipe.yaml", "name": "child", "paper": {"source": "mae", "subtable": "table1a"},
