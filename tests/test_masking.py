@@ -178,3 +178,29 @@ def test_block_on_grids_wider_than_the_bit_rows_takes_the_torch_rounds():
     mask = make("block", 16, (6, 20), 0.6)
     assert (mask.sum(1) == masking.num_masked(120, 0.6)).all()
     assert torch.equal(mask, make("block", 16, (6, 20), 0.6))  # same seed, same masks
+
+
+@pytest.mark.parametrize("grid_hw,ratio,restart_after", [((14, 14), 0.75, 4), ((6, 9), 0.5, 2), ((5, 5), 0.9, 10)])
+def test_walker_numpy_and_torch_steps_agree_on_the_same_draws(grid_hw, ratio, restart_after):
+    # the CPU path (NumPy, walks leave when done) and the device path (torch) are one algorithm
+    batch, length = 40, grid_hw[0] * grid_hw[1]
+    target = masking.num_masked(length, ratio)
+    rng = np.random.default_rng(1)
+    start = rng.random(batch, dtype=np.float32)
+    move_chunks = rng.random((200, masking._WALK_CHUNK, batch), dtype=np.float32)
+    jumps = rng.random((2000, batch, length), dtype=np.float32)
+
+    def draws():
+        chunks, jumps_made = iter(move_chunks), iter(jumps)
+        return (lambda chunk: next(chunks)), jumps_made
+
+    moves, jumps_made = draws()
+    numpy_mask = masking._walker_steps_numpy(batch, grid_hw, target, restart_after, start, moves,
+                                             lambda ids: next(jumps_made)[ids])
+    moves, jumps_made = draws()
+    torch_mask = masking._walker_steps_torch(
+        batch, grid_hw, target, restart_after, torch.from_numpy(start),
+        lambda chunk: torch.from_numpy(moves(chunk)), lambda: torch.from_numpy(next(jumps_made)),
+        torch.device("cpu"))
+    assert torch.equal(torch.from_numpy(numpy_mask), torch_mask)
+    assert (numpy_mask.sum(1) == target).all()
