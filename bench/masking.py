@@ -1,10 +1,11 @@
-"""Masking strategies: one registry, batched tensor code on the model's device.
+"""Masking strategies: one registry, batched array code (torch on the model's device; NumPy for
+the sequential loops of block and walker on the CPU, where its per-operation cost is lower).
 
 Every strategy returns a B×L boolean mask (True = masked, L = grid height × width, row-major)
 with exactly `num_masked(L, ratio)` masked patches in every sample, so MAE's gather of the
 visible tokens works for all of them. Randomness comes only from the torch.Generator passed
-in: the same seed gives the same masks. No Python loop runs over samples; block and walker
-loop over rounds or steps for the whole batch at once.
+in (NumPy draws from a generator seeded by it): the same seed gives the same masks. No Python
+loop runs over samples; block and walker loop over rounds or steps for the whole batch at once.
 
     random  MAE: a uniformly random subset per sample (argsort of noise).
     block   BEiT: rectangles of random area and aspect ratio until the target count.
