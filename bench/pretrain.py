@@ -4,11 +4,16 @@ AdamW (β = 0.9, 0.95, weight decay 0.05 on weight matrices; fused where torch h
 linear warmup and cosine decay set every iteration, batched augmentation and masks made on
 the model's device. The data order, augmentation and masks of epoch e depend only on
 (seed, e), so a run's numbers do not depend on where it ran before.
+
+On a CPU with several threads, a step's forward and backward run as one sub-batch per thread,
+each on one core (`SplitStep`): the gradient is the same sum of per-sample terms, and small
+tensors on one core beat the same tensors split across cores (see the README's speed table).
 """
 from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
@@ -24,6 +29,69 @@ from bench.targets import build_target
 def epoch_generator(seed: int, epoch: int, device: torch.device, stream: int = 0) -> torch.Generator:
     """The random stream of one epoch (augmentation and masks), on the device."""
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch * 101 + stream)
+
+
+MAX_CPU_PARTS = 8  # more Python threads than this would queue on the interpreter lock (unmeasured)
+
+
+class SplitStep:
+    """Forward and backward of a batch as `parts` sub-batches, one per thread of one core each.
+
+    Each part's loss (a mean over its masked patches) is weighted by its share of the batch's
+    masked patches, so the parts' gradients, summed in a fixed order, are the batch's gradient
+    (to float rounding): the same loss and update as one forward and backward of the batch.
+    With parts=1 it is exactly that one forward and backward.
+    """
+
+    def __init__(self, model: torch.nn.Module, parts: int):
+        self.model, self.parts = model, parts
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.pool = ThreadPoolExecutor(parts, thread_name_prefix="mimbench-part") if parts > 1 else None
+
+    @staticmethod
+    def parts_for(device: torch.device, world: int) -> int:
+        """One part per torch thread on the CPU of a single-process run; 1 elsewhere."""
+        if device.type != "cpu" or world > 1:
+            return 1
+        return max(1, min(torch.get_num_threads(), MAX_CPU_PARTS))
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, target, full_pred: bool = False) -> torch.Tensor:
+        """Set every parameter's .grad to the gradient of the batch's loss; return the loss."""
+        parts = min(self.parts, x.shape[0])
+        if parts == 1:
+            loss, _ = self.model(x, mask, target, full_pred=full_pred)
+            for p in self.params:
+                p.grad = None
+            loss.backward()
+            return loss.detach()
+        total = mask.sum()
+        edges = [i * x.shape[0] // parts for i in range(parts + 1)]
+
+        def part(i: int):
+            sub_mask = mask[edges[i]:edges[i + 1]]
+            loss, _ = self.model(x[edges[i]:edges[i + 1]], sub_mask, target, full_pred=full_pred)
+            loss = loss * (sub_mask.sum() / total)
+            return loss.detach(), torch.autograd.grad(loss, self.params, allow_unused=True)
+
+        threads = torch.get_num_threads()  # a process-wide setting: one core per part meanwhile
+        torch.set_num_threads(max(1, threads // parts))
+        try:
+            results = list(self.pool.map(part, range(parts)))
+        finally:
+            torch.set_num_threads(threads)
+        for j, p in enumerate(self.params):
+            grads = [r[1][j] for r in results if r[1][j] is not None]
+            p.grad = None if not grads else grads[0]
+            for g in grads[1:]:
+                p.grad.add_(g)
+        loss = results[0][0]
+        for r in results[1:]:
+            loss = loss + r[0]
+        return loss
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def pretrain(cfg: dict, train_set, device: torch.device,
@@ -52,6 +120,7 @@ def pretrain(cfg: dict, train_set, device: torch.device,
         raise ValueError(f"pretrain.batch_size {batch_size} does not split over {rank.world} processes")
     share = slice(rank.rank * batch_size // rank.world, (rank.rank + 1) * batch_size // rank.world)
     step_model = model if rank.world == 1 else torch.nn.parallel.DistributedDataParallel(model)
+    split_step = SplitStep(step_model, SplitStep.parts_for(device, rank.world))
 
     # where to start: the beginning, or exactly where the checkpoint left off
     start_epoch, start_step, losses, images_seen, wall_before = 0, 0, [], 0, 0.0
@@ -86,11 +155,9 @@ def pretrain(cfg: dict, train_set, device: torch.device,
                           train_set.mean, train_set.std)
             mask = masking.generate(mcfg["strategy"], x.shape[0], grid, mcfg["ratio"], mcfg["params"], gen, device)
             # this process's slice of the batch; the decoder predicts only the masked patches (the loss's)
-            loss, _ = step_model(x[share], mask[share], target, full_pred=False)
+            loss = split_step(x[share], mask[share], target)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"pre-training loss is {loss.item()} at epoch {epoch}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             optimizer.step()
             losses.append(distributed.mean_across(loss.detach(), rank))
             seen += x.shape[0]
@@ -112,9 +179,11 @@ def pretrain(cfg: dict, train_set, device: torch.device,
                                      wall_before + time.perf_counter() - start))
             if checkpointer.stop_requested:
                 checkpointer.hand_over()
+    split_step.close()
     wall = wall_before + time.perf_counter() - start
     return model, {"images_per_s": images_seen / max(wall, 1e-9), "wall_s": wall, "final_loss": loss_value,
-                   "gflops_per_image": model.flops_per_image(mcfg["ratio"])["total"] / 1e9}
+                   "gflops_per_image": model.flops_per_image(mcfg["ratio"])["total"] / 1e9,
+                   "step_parts": split_step.parts}
 
 
 def _state(model, optimizer, epoch: int, step: int, gen: torch.Generator | None, losses: list,

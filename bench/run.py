@@ -150,6 +150,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
             "pretrain_final_loss": stats["final_loss"],
             "pretrained_by": pretrained_by,  # this run's id, or the run whose identical pre-training it reused
             "pretrain_gflops_per_image": stats.get("gflops_per_image"),
+            "pretrain_step_parts": stats.get("step_parts", 1),  # sub-batches per step (one per CPU thread)
             "total_wall_s": time.perf_counter() - start,
             "n_params": n_params,
             "n_params_encoder": n_params_encoder,

@@ -19,8 +19,9 @@ Step kinds:
     pretrain_fast      our path (bench.pretrain's step): uint8 batches cut on the device, batched
                        augmentation (bench.augment), masks from bench.masking, bench.models_mae
                        with full_pred=False (the last decoder block, norm and projection only
-                       for the masked patches, the only ones the loss reads), fused AdamW.
-    pretrain_fast_compiled   the same with torch.compile (only with compile=True).
+                       for the masked patches, the only ones the loss reads), fused AdamW; on
+                       a CPU, forward and backward as one sub-batch per thread (bench.pretrain.SplitStep).
+    pretrain_fast_compiled   the same with torch.compile, unsplit (only with compile=True).
     encoder_forward    the evals' feature extraction: timm ViT on all patches, no grad, eval mode.
     linear_probe_step_cached / _recomputed   one probe step on cached features (augmentation
                        none), and with features recomputed from augmented images.
@@ -60,6 +61,7 @@ from bench.config import MODEL_PRESETS, resolve
 from bench.data import ImageSet, make_synthetic
 from bench.models_mae import build_mae
 from bench.optim import LARS, fused_adamw, layer_decay_groups, weight_decay_groups
+from bench.pretrain import SplitStep
 from bench.targets import build_target
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # stats of the synthetic images (bench.data.STATS)
@@ -383,11 +385,13 @@ def plain_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, b
 
 def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, batch: int, ratio: float,
                        device: torch.device, state: dict, compile: bool = False, *, fused: bool = True,
-                       full_pred: bool = False, data: bool = True, name: str | None = None) -> Kind:
+                       full_pred: bool = False, data: bool = True, split: bool = True,
+                       name: str | None = None) -> Kind:
     """bench.pretrain's training step: batched on-device augmentation and masks, masked-only prediction.
 
     Ablations: fused=False (the default single-tensor AdamW), full_pred=True
-    (the decoder predicting all patches), data=False (one batch augmented once).
+    (the decoder predicting all patches), data=False (one batch augmented once), split=False
+    (one forward and backward of the whole batch, not one sub-batch per CPU thread).
     """
     img_size, channels = cfg["data"]["img_size"], images.shape[1]
     torch.manual_seed(0)
@@ -410,6 +414,7 @@ def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, ba
     fixed = None if data else normalize(augment(batches.next()[0], "crop_rand", img_size, gen),
                                         dataset.mean, dataset.std)
     forward = torch.compile(model.forward) if compile else model.forward
+    split_step = SplitStep(model, SplitStep.parts_for(device, 1) if split and not compile else 1)
 
     def step():
         if data:
@@ -418,17 +423,21 @@ def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, ba
             group["lr"] = lr * group.get("lr_scale", 1.0)
         x = normalize(augment(images_, "crop_rand", img_size, gen), dataset.mean, dataset.std) if data else fixed
         mask = masking.generate("random", x.shape[0], grid, ratio, {}, gen, device)
-        loss, _ = forward(x, mask, target, full_pred=full_pred)
+        if compile:
+            loss, _ = forward(x, mask, target, full_pred=full_pred)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            loss = split_step(x, mask, target, full_pred=full_pred)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         optimizer.step()
 
     kind = Kind(name or ("pretrain_fast_compiled" if compile else "pretrain_fast"), step, batch, device)
     length = model.grid ** 2
     kind.info = {"data": "uint8 batches on the device, batched crop_rand (affine_grid + grid_sample)" if data
                  else "one batch, augmented once", "optimizer": f"AdamW ({flavour})",
+                 "step_parts": split_step.parts,
                  "visible_tokens": length - masking.num_masked(length, ratio),
                  "decoder_predicts": length if full_pred else masking.num_masked(length, ratio)}
     return kind
@@ -444,6 +453,8 @@ def ablation_kinds(cfg, images, labels, batch, ratio, device, workers, state) ->
                            name="ablation:fast_default_adamw"),
         fast_pretrain_kind(cfg, images, labels, batch, ratio, device, state, full_pred=True,
                            name="ablation:fast_full_pred"),
+        fast_pretrain_kind(cfg, images, labels, batch, ratio, device, state, split=False,
+                           name="ablation:fast_unsplit"),
     ]
 
 

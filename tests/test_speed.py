@@ -11,6 +11,7 @@ from bench.data import ImageSet, make_synthetic
 from bench.evals import _inputs, build_vit, extract_features
 from bench.models_mae import Attention, MaskedAutoencoderViT, sincos_pos_embed
 from bench.optim import LARS
+from bench.pretrain import SplitStep
 from bench.speed import (OfficialMAE, bench_harness, harness_spec, noise_for_mask,
                          official_sincos_pos_embed, speed_report)
 from bench.targets import build_target
@@ -93,6 +94,47 @@ def test_masked_only_prediction_gives_the_same_loss_and_gradients():
     # forward_decoder's default is unchanged: every patch
     latent, ids_restore = masked.forward_encoder(x, mask)
     assert masked.forward_decoder(latent, ids_restore).shape == (5, 16, 48)
+
+
+@pytest.mark.parametrize("target_name,parts,mask_token_in_encoder",
+                         [("norm_pixel", 2, False), ("pixel", 3, False), ("norm_pixel", 2, True)])
+def test_split_step_gives_the_batchs_loss_and_gradients(target_name, parts, mask_token_in_encoder):
+    """One sub-batch per thread: the same loss and gradients as one forward and backward of the batch."""
+    torch.manual_seed(2)
+    whole = MaskedAutoencoderViT(**DIMS, mask_token_in_encoder=mask_token_in_encoder)
+    split = copy.deepcopy(whole)
+    x, mask = batch(n=7, seed=4)  # 7 does not split evenly: the parts' weights are their shares
+    target = build_target(target_name)
+    loss, _ = whole(x, mask, target, full_pred=False)
+    loss.backward()
+    step = SplitStep(split, parts)
+    threads = torch.get_num_threads()
+    split_loss = step(x, mask, target)
+    assert torch.get_num_threads() == threads  # the process-wide setting is restored
+    assert torch.allclose(split_loss, loss.detach(), rtol=1e-6, atol=1e-7)
+    for (name, p1), (_, p2) in zip(whole.named_parameters(), split.named_parameters()):
+        if p1.grad is None:
+            assert p2.grad is None, name  # unused parameters stay without a gradient
+        else:
+            assert torch.allclose(p1.grad, p2.grad, rtol=1e-4, atol=1e-6), name
+    first = [p.grad.clone() for p in split.parameters() if p.grad is not None]
+    step(x, mask, target)  # the gradient is replaced, not accumulated, and the same every time
+    assert all(torch.equal(a, p.grad) for a, p in zip(first, [p for p in split.parameters() if p.grad is not None]))
+    step.close()
+
+
+def test_split_step_with_one_part_is_the_plain_backward():
+    torch.manual_seed(3)
+    whole = MaskedAutoencoderViT(**DIMS)
+    split = copy.deepcopy(whole)
+    x, mask = batch(n=4, seed=5)
+    target = build_target("norm_pixel")
+    loss, _ = whole(x, mask, target, full_pred=False)
+    loss.backward()
+    assert torch.equal(SplitStep(split, 1)(x, mask, target), loss.detach())
+    for p1, p2 in zip(whole.parameters(), split.parameters()):
+        assert (p1.grad is None and p2.grad is None) or torch.equal(p1.grad, p2.grad)
+    assert SplitStep.parts_for(torch.device("cpu"), world=2) == 1  # DDP ranks keep .backward()
 
 
 def test_cached_features_probe_equals_recomputing_them():
