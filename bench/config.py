@@ -4,7 +4,9 @@ A run config is a nested dict with the sections `data`, `model`, `masking`, `pre
 `evals` and a `seed`. `resolve()` validates a partial config and fills in every key — the
 model preset's numbers and the masking strategy's parameters included — so the resolved
 config alone says everything a run depends on. `run_id()` hashes it: a changed default
-changes the id, because the hash covers values, not overrides.
+changes the id, because the hash covers values, not overrides. A key added after results
+existed is left out of the hash while it holds the value that computes what runs computed
+before it (`ADDED_LATER`), so those runs keep their ids and folders.
 
 Launch settings (executor, parallelism, SLURM resources, device, threads) live in a separate
 `launch` section: they decide where a run executes, not what it computes, so they are not
@@ -179,6 +181,9 @@ SCHEMA: dict = {
         "target": Option("norm_pixel", str, choices=_registry("bench.targets", "TARGETS"),
                          help="what the decoder predicts for a masked patch (MAE Table 1d)"),
         "target_params": Option({}, dict, help="the target's own parameters; defaults filled in"),
+        "precision": Option("fp32", str, choices=("fp32", "bf16"),
+                            help="bf16: the forward and backward under bfloat16 autocast (weights, "
+                                 "optimizer state and the loss's reduction stay fp32) — the GPU recipe"),
     },
     "evals": {
         "linear_probe": {  # MAE Table 10: LARS, blr 0.1, no weight decay, BN without affine
@@ -309,9 +314,32 @@ def canonical_json(cfg: dict) -> str:
     return json.dumps(cfg, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+# Keys added to the schema after results existed, with the value at which a run computes what it
+# computed before the key was there: at that value the hash leaves the key out.
+ADDED_LATER = {"pretrain.precision": "fp32"}
+
+
+def hashed_part(cfg: dict) -> dict:
+    """The config as run_id hashes it: without the ADDED_LATER keys that hold their old value."""
+    out = cfg
+    for dotted, old_value in ADDED_LATER.items():
+        *path, last = dotted.split(".")
+        node = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node and node[last] == old_value:
+            if out is cfg:
+                out = copy.deepcopy(cfg)
+            parent = out
+            for part in path:
+                parent = parent[part]
+            del parent[last]
+    return out
+
+
 def run_id(cfg: dict) -> str:
     """12 hex digits of the SHA-256 of the resolved config (key order does not matter)."""
-    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:12]
+    return hashlib.sha256(canonical_json(hashed_part(cfg)).encode()).hexdigest()[:12]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

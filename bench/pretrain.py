@@ -1,6 +1,7 @@
 """MAE pre-training: the paper's recipe, read from the resolved config.
 
-AdamW (β = 0.9, 0.95, weight decay 0.05 on weight matrices; fused where torch has it), lr = blr × batch / 256 with
+AdamW (β = 0.9, 0.95, weight decay 0.05 on weight matrices; fused where torch has it), fp32 or
+bf16 autocast (`pretrain.precision`; no loss scaling needed), lr = blr × batch / 256 with
 linear warmup and cosine decay set every iteration, batched augmentation and masks made on
 the model's device. The data order, augmentation and masks of epoch e depend only on
 (seed, e), so a run's numbers do not depend on where it ran before.
@@ -40,11 +41,12 @@ class SplitStep:
     Each part's loss (a mean over its masked patches) is weighted by its share of the batch's
     masked patches, so the parts' gradients, summed in a fixed order, are the batch's gradient
     (to float rounding): the same loss and update as one forward and backward of the batch.
-    With parts=1 it is exactly that one forward and backward.
+    With parts=1 it is exactly that one forward and backward. precision "bf16" runs each forward
+    under bfloat16 autocast (autocast is per thread, so each part enters its own).
     """
 
-    def __init__(self, model: torch.nn.Module, parts: int):
-        self.model, self.parts = model, parts
+    def __init__(self, model: torch.nn.Module, parts: int, precision: str = "fp32"):
+        self.model, self.parts, self.precision = model, parts, precision
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.pool = ThreadPoolExecutor(parts, thread_name_prefix="mimbench-part") if parts > 1 else None
 
@@ -55,11 +57,16 @@ class SplitStep:
             return 1
         return max(1, min(torch.get_num_threads(), MAX_CPU_PARTS))
 
+    def _forward(self, x: torch.Tensor, mask: torch.Tensor, target, full_pred: bool) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            loss, _ = self.model(x, mask, target, full_pred=full_pred)
+        return loss.float()
+
     def __call__(self, x: torch.Tensor, mask: torch.Tensor, target, full_pred: bool = False) -> torch.Tensor:
         """Set every parameter's .grad to the gradient of the batch's loss; return the loss."""
         parts = min(self.parts, x.shape[0])
         if parts == 1:
-            loss, _ = self.model(x, mask, target, full_pred=full_pred)
+            loss = self._forward(x, mask, target, full_pred)
             for p in self.params:
                 p.grad = None
             loss.backward()
@@ -69,7 +76,7 @@ class SplitStep:
 
         def part(i: int):
             sub_mask = mask[edges[i]:edges[i + 1]]
-            loss, _ = self.model(x[edges[i]:edges[i + 1]], sub_mask, target, full_pred=full_pred)
+            loss = self._forward(x[edges[i]:edges[i + 1]], sub_mask, target, full_pred)
             loss = loss * (sub_mask.sum() / total)
             return loss.detach(), torch.autograd.grad(loss, self.params, allow_unused=True)
 
@@ -120,7 +127,7 @@ def pretrain(cfg: dict, train_set, device: torch.device,
         raise ValueError(f"pretrain.batch_size {batch_size} does not split over {rank.world} processes")
     share = slice(rank.rank * batch_size // rank.world, (rank.rank + 1) * batch_size // rank.world)
     step_model = model if rank.world == 1 else torch.nn.parallel.DistributedDataParallel(model)
-    split_step = SplitStep(step_model, SplitStep.parts_for(device, rank.world))
+    split_step = SplitStep(step_model, SplitStep.parts_for(device, rank.world), pcfg["precision"])
 
     # where to start: the beginning, or exactly where the checkpoint left off
     start_epoch, start_step, losses, images_seen, wall_before = 0, 0, [], 0, 0.0

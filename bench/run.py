@@ -19,6 +19,7 @@ import torch
 
 from bench import cache, distributed
 from bench.checkpoint import Checkpointer, Preempted
+from bench.config import resolve
 from bench.config import run_id as config_run_id
 from bench.data import load_dataset
 from bench.evals import EVALS
@@ -69,6 +70,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
     is resumed. With `catch_preemption`, SIGUSR2 saves a checkpoint at the next training step
     and is then handed to submitit, which requeues the job.
     """
+    config = resolve(config)  # one pickled by an older launch gains keys added since (ADDED_LATER: same id)
     rid = config_run_id(config)
     folder = RunFolder(results_root, study, rid)
     if launch.get("threads"):

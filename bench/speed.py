@@ -362,23 +362,35 @@ def plain_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, b
         fixed = next(iter(torch.utils.data.DataLoader(dataset, batch_size=batch)))
         next_batch = lambda: fixed  # noqa: E731
 
+    amp = device.type == "cuda"  # the official recipe: fp16 autocast and its loss scaler on a GPU
+    scaler = torch.amp.GradScaler("cuda") if amp else None
+
     def step():
         samples, _ = next_batch()
         for group in optimizer.param_groups:  # util/lr_sched.adjust_learning_rate, every iteration
             group["lr"] = lr * group.get("lr_scale", 1.0)
         samples = samples.to(device, non_blocking=True)
-        loss, _, _ = model(samples, mask_ratio=ratio, len_keep=len_keep)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss, _, _ = model(samples, mask_ratio=ratio, len_keep=len_keep)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"loss is {loss_value}")
-        loss.backward()
-        official_grad_norm(model.parameters())
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            official_grad_norm(model.parameters())
+            optimizer.step()
+        else:  # util/misc.NativeScalerWithGradNormCount
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            official_grad_norm(model.parameters())
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad()
 
     kind = Kind("pretrain_plain" if data else "ablation:plain_without_data", step, batch, device)
     kind.info = {"data": f"DataLoader, {workers} workers, per-sample PIL transforms (bicubic)" if data
                  else "one batch, transformed once", "optimizer": "AdamW (default: single-tensor loop on CPU)",
+                 "precision": "fp16 autocast + GradScaler" if amp else "fp32",
                  "visible_tokens": len_keep, "decoder_predicts": length}
     return kind
 
@@ -386,12 +398,13 @@ def plain_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, b
 def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, batch: int, ratio: float,
                        device: torch.device, state: dict, compile: bool = False, *, fused: bool = True,
                        full_pred: bool = False, data: bool = True, split: bool = True,
-                       name: str | None = None) -> Kind:
+                       precision: str = "fp32", name: str | None = None) -> Kind:
     """bench.pretrain's training step: batched on-device augmentation and masks, masked-only prediction.
 
     Ablations: fused=False (the default single-tensor AdamW), full_pred=True
     (the decoder predicting all patches), data=False (one batch augmented once), split=False
     (one forward and backward of the whole batch, not one sub-batch per CPU thread).
+    precision: "fp32" or "bf16" (autocast), as pretrain.precision.
     """
     img_size, channels = cfg["data"]["img_size"], images.shape[1]
     torch.manual_seed(0)
@@ -414,7 +427,7 @@ def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, ba
     fixed = None if data else normalize(augment(batches.next()[0], "crop_rand", img_size, gen),
                                         dataset.mean, dataset.std)
     forward = torch.compile(model.forward) if compile else model.forward
-    split_step = SplitStep(model, SplitStep.parts_for(device, 1) if split and not compile else 1)
+    split_step = SplitStep(model, SplitStep.parts_for(device, 1) if split and not compile else 1, precision)
 
     def step():
         if data:
@@ -424,7 +437,8 @@ def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, ba
         x = normalize(augment(images_, "crop_rand", img_size, gen), dataset.mean, dataset.std) if data else fixed
         mask = masking.generate("random", x.shape[0], grid, ratio, {}, gen, device)
         if compile:
-            loss, _ = forward(x, mask, target, full_pred=full_pred)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss, _ = forward(x, mask, target, full_pred=full_pred)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         else:
@@ -437,25 +451,25 @@ def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, ba
     length = model.grid ** 2
     kind.info = {"data": "uint8 batches on the device, batched crop_rand (affine_grid + grid_sample)" if data
                  else "one batch, augmented once", "optimizer": f"AdamW ({flavour})",
-                 "step_parts": split_step.parts,
+                 "step_parts": split_step.parts, "precision": precision,
                  "visible_tokens": length - masking.num_masked(length, ratio),
                  "decoder_predicts": length if full_pred else masking.num_masked(length, ratio)}
     return kind
 
 
-def ablation_kinds(cfg, images, labels, batch, ratio, device, workers, state) -> list[Kind]:
+def ablation_kinds(cfg, images, labels, batch, ratio, device, workers, state, precision) -> list[Kind]:
     """What each difference between the two paths is worth, each measured in the same rounds."""
-    return [
+    fast = partial(fast_pretrain_kind, cfg, images, labels, batch, ratio, device, state, precision=precision)
+    kinds = [
         plain_pretrain_kind(cfg, images, labels, batch, ratio, device, workers, state, data=False),
-        fast_pretrain_kind(cfg, images, labels, batch, ratio, device, state, data=False,
-                           name="ablation:fast_without_data"),
-        fast_pretrain_kind(cfg, images, labels, batch, ratio, device, state, fused=False,
-                           name="ablation:fast_default_adamw"),
-        fast_pretrain_kind(cfg, images, labels, batch, ratio, device, state, full_pred=True,
-                           name="ablation:fast_full_pred"),
-        fast_pretrain_kind(cfg, images, labels, batch, ratio, device, state, split=False,
-                           name="ablation:fast_unsplit"),
+        fast(data=False, name="ablation:fast_without_data"),
+        fast(fused=False, name="ablation:fast_default_adamw"),
+        fast(full_pred=True, name="ablation:fast_full_pred"),
+        fast(split=False, name="ablation:fast_unsplit"),
     ]
+    if precision != "fp32":
+        kinds.append(fast(precision="fp32", name="ablation:fast_fp32"))
+    return kinds
 
 
 def eval_kinds(cfg: dict, images: torch.Tensor, labels: torch.Tensor, batch: int, device: torch.device,
@@ -545,7 +559,7 @@ def speed_report(preset: str, batch: int = 256, ratio: float = 0.75, device: str
                  img_size: int = 32, channels: int = 3, compile: bool = False, *, warmup: int = 2,
                  windows: int | None = None, workers: int | None = None, evals: bool = True,
                  model_overrides: dict | None = None, min_window_s: float = MIN_WINDOW_S,
-                 ablations: bool = False, threads: int | None = None) -> list[dict]:
+                 ablations: bool = False, threads: int | None = None, precision: str | None = None) -> list[dict]:
     """Images/s of each step kind for `preset` (see the module doc); one dict per kind.
 
     steps: timed steps per kind, split over `windows` rounds (default min(5, steps)).
@@ -553,19 +567,23 @@ def speed_report(preset: str, batch: int = 256, ratio: float = 0.75, device: str
     model_overrides: model keys replacing the preset's (tests use a tiny model).
     ablations: also the 'ablation:*' kinds, each path less one of its differences.
     threads: torch threads for every kind (default: as set; the DataLoader workers use one each).
+    precision: our path's, "fp32" or "bf16" (default: bf16 on a GPU, fp32 on the CPU — the
+    issue's CPU target is fp32). The plain path is the official recipe's: fp32 on the CPU,
+    fp16 autocast with a loss scaler on a GPU.
     """
+    precision = precision or ("bf16" if torch.device(device).type == "cuda" else "fp32")
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         return _speed_report(preset, batch, ratio, device, steps, img_size, channels, compile, warmup, windows,
-                             workers, evals, model_overrides, min_window_s, ablations)
+                             workers, evals, model_overrides, min_window_s, ablations, precision)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _speed_report(preset, batch, ratio, device, steps, img_size, channels, compile, warmup, windows, workers,
-                  evals, model_overrides, min_window_s, ablations) -> list[dict]:
+                  evals, model_overrides, min_window_s, ablations, precision) -> list[dict]:
     dev = torch.device(device)
     windows = windows or max(1, min(5, steps))
     workers = min(10, os.cpu_count() or 1) if workers is None else workers
@@ -577,14 +595,15 @@ def _speed_report(preset, batch, ratio, device, steps, img_size, channels, compi
     torch.manual_seed(0)
     state = build_mae(cfg["model"], img_size, channels).state_dict()  # the weights both paths start from
     kinds = [plain_pretrain_kind(cfg, images, labels, batch, ratio, dev, workers, state),
-             fast_pretrain_kind(cfg, images, labels, batch, ratio, dev, state)]
+             fast_pretrain_kind(cfg, images, labels, batch, ratio, dev, state, precision=precision)]
     compile_s = None
     if compile:
-        compiled = fast_pretrain_kind(cfg, images, labels, batch, ratio, dev, state, compile=True)
+        compiled = fast_pretrain_kind(cfg, images, labels, batch, ratio, dev, state, compile=True,
+                                      precision=precision)
         compile_s = compiled.run(1)  # the first call compiles
         kinds.append(compiled)
     if ablations:
-        kinds += ablation_kinds(cfg, images, labels, batch, ratio, dev, workers, state)
+        kinds += ablation_kinds(cfg, images, labels, batch, ratio, dev, workers, state, precision)
     if evals:
         encoder_state = {k: v for k, v in state.items() if not k.startswith(("decoder_", "mask_token"))}
         kinds += eval_kinds(cfg, images, labels, batch, dev, encoder_state)
@@ -599,7 +618,7 @@ def _speed_report(preset, batch, ratio, device, steps, img_size, channels, compi
         "decoder": {"dim": m["decoder_embed_dim"], "depth": m["decoder_depth"], "heads": m["decoder_num_heads"]},
         "mlp_ratio": m["mlp_ratio"], "patches": (img_size // m["patch_size"]) ** 2, "batch": batch,
         "ratio": ratio, "device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "timm": timm.__version__, "cpu": platform.processor() or platform.machine(), "dtype": "float32",
+        "timm": timm.__version__, "cpu": platform.processor() or platform.machine(),
         "loadavg_1min": [round(load_before, 2), round(load_after, 2)],
     }
     plain = kinds[0]
@@ -786,6 +805,8 @@ def add_speed_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the fast path")
     parser.add_argument("--ablations", action="store_true", help="also measure each path less one difference")
     parser.add_argument("--threads", type=int, help="torch threads for both paths (default: torch's)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"),
+                        help="our path's precision (default: bf16 on cuda, fp32 on cpu)")
     parser.add_argument("--harness", action="store_true", help="also time load_study and write_report at scale")
     parser.add_argument("--harness-runs", type=int, default=10000)
     return parser
@@ -796,7 +817,7 @@ def main_speed(args) -> int:
     rows = speed_report(args.preset, batch=args.batch, ratio=args.ratio, device=args.device, steps=args.steps,
                         img_size=getattr(args, "img_size", 32), channels=getattr(args, "channels", 3),
                         compile=getattr(args, "compile", False), ablations=getattr(args, "ablations", False),
-                        threads=getattr(args, "threads", None))
+                        threads=getattr(args, "threads", None), precision=getattr(args, "precision", None))
     for row in rows:
         print(json.dumps(row), flush=True)
     if getattr(args, "harness", False):

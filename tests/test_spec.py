@@ -1,4 +1,5 @@
 """Specs: expansion (grid product, zip, seeds), validation errors, run-id stability."""
+import hashlib
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from bench.config import ConfigError, resolve, resolve_launch, run_id
+from bench.config import ConfigError, canonical_json, resolve, resolve_launch, run_id
 from bench.spec import load_study
 
 
@@ -105,10 +106,26 @@ def test_run_id_changes_with_every_setting_but_not_with_launch(tmp_path, tiny_ba
         if dotted == "masking.params":
             cfg["masking"]["strategy"] = "grid"
         assert run_id(resolve(cfg)) != base_id, dotted
+    cfg = json.loads(json.dumps(tiny_base))
+    cfg["pretrain"]["precision"] = "bf16"
+    assert run_id(resolve(cfg)) != base_id
     path = write_spec(tmp_path, {"name": "s", "base": tiny_base, "launch": {"executor": "debug", "threads": 1}})
     study = load_study(path, {"parallel": 4, "device": "cpu"})
     assert study.runs[0].run_id == base_id
     assert resolve_launch({"parallel": 4})["parallel"] == 4
+
+
+def test_a_key_added_later_keeps_earlier_run_ids_at_its_old_value(tiny_base):
+    """pretrain.precision came after results existed: at fp32 (what runs computed before it) the
+    id is the one a config without the key hashed to, so old folders still count as done."""
+    resolved = resolve(tiny_base)
+    assert resolved["pretrain"]["precision"] == "fp32"  # the resolved config says it
+    written_before = json.loads(json.dumps(resolved))
+    del written_before["pretrain"]["precision"]
+    old_id = hashlib.sha256(canonical_json(written_before).encode()).hexdigest()[:12]
+    assert run_id(resolved) == old_id
+    assert run_id(resolve(written_before)) == old_id  # an old stored config resolves to the same id
+    assert resolved["pretrain"]["precision"] == "fp32"  # hashing did not edit the config
 
 
 def test_resolved_config_holds_the_preset_numbers_and_strategy_defaults():

@@ -1,5 +1,6 @@
 """bench.speed: the fast path computes what the official-style path computes; the report runs. No timings."""
 import copy
+import math
 
 import pytest
 import torch
@@ -121,6 +122,36 @@ def test_split_step_gives_the_batchs_loss_and_gradients(target_name, parts, mask
     step(x, mask, target)  # the gradient is replaced, not accumulated, and the same every time
     assert all(torch.equal(a, p.grad) for a, p in zip(first, [p for p in split.parameters() if p.grad is not None]))
     step.close()
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_bf16_split_step_autocasts_in_every_part_and_stays_near_fp32(parts):
+    torch.manual_seed(4)
+    model = MaskedAutoencoderViT(**DIMS)
+    x, mask = batch(n=6, seed=6)
+    target = build_target("norm_pixel")
+    fp32_loss = SplitStep(copy.deepcopy(model), 1)(x, mask, target)
+    dtypes = []
+    model.blocks[0].mlp.fc1.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    step = SplitStep(model, parts, precision="bf16")
+    loss = step(x, mask, target)
+    step.close()
+    assert dtypes == [torch.bfloat16] * parts  # autocast is per thread: each part entered its own
+    assert loss.dtype == torch.float32 and torch.allclose(loss, fp32_loss, rtol=2e-2)
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in model.parameters() if p.grad is not None)
+
+
+def test_pretraining_in_bf16_trains_like_fp32():
+    from bench.data import load_dataset
+    from bench.pretrain import pretrain
+    from conftest import TINY_BASE
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        config = resolve(copy.deepcopy(TINY_BASE) | {"pretrain": dict(TINY_BASE["pretrain"], precision=precision)})
+        _, stats = pretrain(config, load_dataset(config["data"], "train"), torch.device("cpu"))
+        losses[precision] = stats["final_loss"]
+    assert math.isfinite(losses["bf16"]) and abs(losses["bf16"] - losses["fp32"]) < 0.05 * losses["fp32"]
 
 
 def test_split_step_with_one_part_is_the_plain_backward():
