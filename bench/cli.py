@@ -28,7 +28,7 @@ LAUNCH_FLAGS = {  # command-line flag -> launch key
     "timeout_min": "timeout_min", "partition": "partition", "gpus_per_node": "gpus_per_node",
     "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb", "constraint": "constraint",
     "account": "account", "qos": "qos", "data_root": "data_root", "tasks_per_node": "tasks_per_node",
-    "nodes": "nodes", "checkpoint_every": "checkpoint_every",
+    "nodes": "nodes", "checkpoint_every": "checkpoint_every", "compile": "compile",
 }
 
 
@@ -38,6 +38,8 @@ def _add_launch_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--parallel", type=int, help="runs at a time (local) / array parallelism (slurm)")
     g.add_argument("--threads", type=int, help="torch threads per run (default: cores / parallel)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the pre-training forward (one run of compiling first)")
     g.add_argument("--timeout-min", type=int)
     g.add_argument("--partition")
     g.add_argument("--gpus-per-node", type=int)

@@ -230,6 +230,7 @@ LAUNCH_SCHEMA: dict = {
     "parallel": Option(1, int, low=1, help="runs at a time (local) / array parallelism (slurm)"),
     "threads": Option(None, int, low=1, nullable=True, help="torch threads per run; null = cores / parallel"),
     "device": Option("auto", str, choices=("auto", "cpu", "cuda")),
+    "compile": Option(False, bool, help="torch.compile the pre-training forward (the same math; worth it on a GPU)"),
     "data_root": Option(None, str, nullable=True, help="folder with the data; null = $MIMBENCH_DATA, then Debian's"),
     "timeout_min": Option(60, int, low=1),
     "partition": Option(None, str, nullable=True),

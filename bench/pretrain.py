@@ -104,9 +104,10 @@ class SplitStep:
 def pretrain(cfg: dict, train_set, device: torch.device,
              log: Callable[[dict], None] = lambda row: None,
              checkpointer: Checkpointer | None = None,
-             cache_dir=None) -> tuple[MaskedAutoencoderViT, dict]:
+             cache_dir=None, compile: bool = False) -> tuple[MaskedAutoencoderViT, dict]:
     """Pre-train an MAE on `train_set`; returns the model and {'images_per_s', 'wall_s', 'final_loss'}.
 
+    compile: torch.compile the forward (and keep one part per step: compiled code is not split).
     With a checkpointer: resume from its checkpoint if there is one, save one every
     `every_epochs` epochs, and on a preemption request save at the next step and hand over.
     """
@@ -127,7 +128,9 @@ def pretrain(cfg: dict, train_set, device: torch.device,
         raise ValueError(f"pretrain.batch_size {batch_size} does not split over {rank.world} processes")
     share = slice(rank.rank * batch_size // rank.world, (rank.rank + 1) * batch_size // rank.world)
     step_model = model if rank.world == 1 else torch.nn.parallel.DistributedDataParallel(model)
-    split_step = SplitStep(step_model, SplitStep.parts_for(device, rank.world), pcfg["precision"])
+    if compile:
+        step_model = torch.compile(step_model)
+    split_step = SplitStep(step_model, 1 if compile else SplitStep.parts_for(device, rank.world), pcfg["precision"])
 
     # where to start: the beginning, or exactly where the checkpoint left off
     start_epoch, start_step, losses, images_seen, wall_before = 0, 0, [], 0, 0.0

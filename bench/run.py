@@ -111,7 +111,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
             def pretrain_encoder() -> dict:
                 rows = []
                 model, stats = pretrain(config, train_set, device, lambda row: (rows.append(row), log(row)),
-                                        checkpointer, cache_dir=cache_dir)
+                                        checkpointer, cache_dir=cache_dir, compile=launch.get("compile", False))
                 built.append(True)
                 return {"encoder": model.encoder_state_dict(), "stats": stats, "run_id": rid, "study": study,
                         "n_params": sum(p.numel() for p in model.parameters()), "metrics": rows}

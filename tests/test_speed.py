@@ -154,6 +154,23 @@ def test_pretraining_in_bf16_trains_like_fp32():
     assert math.isfinite(losses["bf16"]) and abs(losses["bf16"] - losses["fp32"]) < 0.05 * losses["fp32"]
 
 
+@pytest.mark.slow
+def test_compiled_pretraining_gives_the_eager_losses():
+    """launch.compile: torch.compile of the pre-training forward computes the same losses (to
+    float tolerance) as eager — the speed bench's pretrain_fast_compiled runs this path."""
+    from bench.data import load_dataset
+    from bench.pretrain import pretrain
+    from conftest import TINY_BASE
+    config = resolve(copy.deepcopy(TINY_BASE))
+    train_set = load_dataset(config["data"], "train")
+    rows = {True: [], False: []}
+    for compiled in (False, True):
+        pretrain(config, train_set, torch.device("cpu"), rows[compiled].append, compile=compiled)
+    eager, compiled = [r["loss"] for r in rows[False]], [r["loss"] for r in rows[True]]
+    assert len(eager) == config["pretrain"]["epochs"] == len(compiled)
+    assert all(abs(a - b) < 1e-3 * abs(a) for a, b in zip(eager, compiled)), (eager, compiled)
+
+
 def test_split_step_with_one_part_is_the_plain_backward():
     torch.manual_seed(3)
     whole = MaskedAutoencoderViT(**DIMS)
