@@ -13,14 +13,16 @@ Step kinds:
                        argsort of noise + gather, a decoder that predicts all L patches, the
                        per-patch-normalised MSE averaged over the masked patches, AdamW with
                        weight-decay groups (the default single-tensor loop on CPU), and the grad
-                       norm the official loss scaler computes every step. It keeps
+                       norm the official loss scaler computes every step; on a GPU, fp16
+                       autocast and the loss scaler themselves (main_pretrain's AMP). It keeps
                        L - round(ratio·L) tokens as our path does (the official int(L·(1-ratio))
                        agrees at 0.75 and can differ by one elsewhere).
     pretrain_fast      our path (bench.pretrain's step): uint8 batches cut on the device, batched
                        augmentation (bench.augment), masks from bench.masking, bench.models_mae
                        with full_pred=False (the last decoder block, norm and projection only
                        for the masked patches, the only ones the loss reads), fused AdamW; on
-                       a CPU, forward and backward as one sub-batch per thread (bench.pretrain.SplitStep).
+                       a CPU, forward and backward as one sub-batch per thread (bench.pretrain.SplitStep);
+                       fp32 on the CPU, bf16 autocast on a GPU (--precision).
     pretrain_fast_compiled   the same with torch.compile, unsplit (only with compile=True).
     encoder_forward    the evals' feature extraction: timm ViT on all patches, no grad, eval mode.
     linear_probe_step_cached / _recomputed   one probe step on cached features (augmentation
@@ -28,8 +30,8 @@ Step kinds:
     finetune_step      one fine-tuning step (bench.evals.finetune: drop path, layer decay, label
                        smoothing, crop_rand).
 
-Both pre-training paths build the same model sizes, see the same number of tokens and compute
-in fp32; they start from the same weights. Every kind gets warm-up steps, then the kinds run
+Both pre-training paths build the same model sizes and see the same number of tokens; on the
+CPU both compute in fp32; they start from the same weights. Every kind gets warm-up steps, then the kinds run
 in turns ("rounds", the order alternating) so a noisy machine slows all of them alike; a kind's
 images/s is the median over its windows, `ratio_to_plain` the median of the per-round ratios.
 """
