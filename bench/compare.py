@@ -546,6 +546,9 @@ def plot_comparison(comparison: Comparison, path: Path | str, title: str) -> Non
         _save_png(fig, Path(path))
 
 
+PAPER_BAR_OFFSET = 0.22  # where a bar's paper diamond sits, right of its centre (bar width 0.8)
+
+
 def _paper_series(ax, points: list[tuple], bound: float | None, numeric: bool, color, sub: Subtable) -> None:
     """The paper's numbers on a right-hand y axis; a dotted line for a bound; a note when none."""
     if not points and bound is None:
@@ -556,13 +559,13 @@ def _paper_series(ax, points: list[tuple], bound: float | None, numeric: bool, c
     right.grid(False)
     values = [y for _, y in points]
     if points:
-        xs = [x for x, _ in points]
+        # on a line, at the setting; on a bar, in its right-hand part, clear of our mean's label
+        # (centred above the bar); the paper's value is written beside its diamond either way
+        xs = [x if numeric else x + PAPER_BAR_OFFSET for x, _ in points]
         right.plot(xs, values, ls="--" if numeric else "", lw=1.5, marker="D", ms=7, color=color, zorder=4)
-        # below a bar's diamond; beside a line's, where our means' labels (above) are not
-        place = dict(xytext=(7, 0), ha="left", va="center") if numeric else dict(xytext=(0, -9), ha="center", va="top")
-        for x, y in points:
-            right.annotate(f"{y:.1f}", (x, y), textcoords="offset points", fontsize=8, color=color,
-                           fontweight="bold", **place)
+        for x, y in zip(xs, values):
+            right.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(7, 0), ha="left", va="center",
+                           fontsize=8, color=color, fontweight="bold")
     if bound is not None:
         right.axhline(bound, color=color, ls=":", lw=1.5)
         right.annotate(f"> {bound:g}", (1.0, bound), xycoords=("axes fraction", "data"), xytext=(-4, 3),
