@@ -338,6 +338,25 @@ def hashed_part(cfg: dict) -> dict:
     return out
 
 
+def with_added_later(cfg: dict) -> dict:
+    """A stored config written before some ADDED_LATER keys existed, with them at their old values
+    (what the run computed with), so it reads — and compares — like one written today."""
+    out = cfg
+    for dotted, old_value in ADDED_LATER.items():
+        *path, last = dotted.split(".")
+        node = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last not in node:
+            if out is cfg:
+                out = copy.deepcopy(cfg)
+                node = out
+                for part in path:
+                    node = node[part]
+            node[last] = copy.deepcopy(old_value)
+    return out
+
+
 def run_id(cfg: dict) -> str:
     """12 hex digits of the SHA-256 of the resolved config (key order does not matter)."""
     return hashlib.sha256(canonical_json(hashed_part(cfg)).encode()).hexdigest()[:12]

@@ -35,7 +35,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
-from bench.config import ConfigError  # noqa: E402
+from bench.config import ConfigError, with_added_later  # noqa: E402
 from bench.stats import NOISE_RULE, bootstrap_ci, within_noise  # noqa: E402
 from bench.store import atomic_write_text, iter_runs, read_result, read_study_manifest  # noqa: E402
 
@@ -103,7 +103,7 @@ def runs_frame(study_dir: Path | str) -> pd.DataFrame:
                 continue
         if not isinstance(config, dict):
             continue
-        row = _flatten(config)
+        row = _flatten(with_added_later(config))  # written before a key existed: its old value
         row.update({k: v for k, v in result.items() if not isinstance(v, (dict, list))})
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -59,7 +59,8 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
 def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_failure: bool = True,

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 import yaml
 
+from bench.config import with_added_later
+
 RESULT_KEYS = ("run_id", "study", "finetune_top1", "linear_probe_top1", "pretrain_images_per_s",
                "pretrain_wall_s", "n_params", "torch_version", "timm_version", "git_commit", "device")
 
@@ -100,10 +102,12 @@ class RunFolder:
         atomic_write_text(self.error_path, text)
 
     def read_config(self) -> dict | None:
+        """The stored config; keys added to the schema since it was written read as their old value."""
         try:
-            return yaml.safe_load(self.config_path.read_text())
+            config = yaml.safe_load(self.config_path.read_text())
         except (OSError, yaml.YAMLError):
             return None
+        return with_added_later(config) if isinstance(config, dict) else config
 
 
 def read_result(path: Path) -> dict | None:

@@ -84,6 +84,17 @@ def test_target_params_follow_the_target(tmp_path):
     assert varying_axes(frame) == ["pretrain.target"]
 
 
+def test_a_key_added_later_is_no_axis_between_runs_written_before_and_after_it(tmp_path):
+    """Runs stored before pretrain.precision existed read as fp32, like the runs after it."""
+    add_run(tmp_path, "upgrade", "before", finetune=80.0, probe=60.0, masking__strategy="random")
+    add_run(tmp_path, "upgrade", "after", finetune=81.0, probe=61.0, masking__strategy="block",
+            pretrain__precision="fp32")
+    frame = runs_frame(tmp_path / "upgrade")
+    assert list(frame["pretrain.precision"]) == ["fp32", "fp32"]
+    assert varying_axes(frame) == ["masking.strategy"]
+    assert RunFolder(tmp_path, "upgrade", "before").read_config()["pretrain"]["precision"] == "fp32"
+
+
 def test_summary_over_seeds_is_exact(strategies):
     frame = runs_frame(strategies)
     axes = varying_axes(frame)

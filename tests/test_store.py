@@ -64,3 +64,15 @@ def test_metrics_lines_cut_short_are_ignored(tmp_path):
         f.write('{"epoch": 2, "lo')
     assert run.read_metrics() == [{"epoch": 1}]
     assert read_result(tmp_path / "missing.json") is None
+
+
+def test_a_run_stored_before_a_key_was_added_resumes_under_the_new_schema(tmp_path):
+    """config.yaml written before pretrain.precision existed still matches the run's config."""
+    from bench.config import resolve
+    config = resolve({})
+    old = {**config, "pretrain": {k: v for k, v in config["pretrain"].items() if k != "precision"}}
+    folder = RunFolder(tmp_path, "study", "abc")
+    folder.start(old)
+    folder.resume(config, pretrain_epochs_done=1)  # no "does not match" error
+    with pytest.raises(ValueError, match="does not match"):
+        folder.resume({**config, "seed": 1}, pretrain_epochs_done=1)
