@@ -316,45 +316,61 @@ def canonical_json(cfg: dict) -> str:
 
 
 # Keys added to the schema after results existed, with the value at which a run computes what it
-# computed before the key was there: at that value the hash leaves the key out.
-ADDED_LATER = {"pretrain.precision": "fp32"}
+# computed before the key was there. A stored config without one reads as holding that value
+# (`with_added_later`). Those in HASH_EXEMPT came after run ids had to stay stable: at that value
+# the hash leaves them out, so runs from before keep their ids and folders. (The first four came
+# before this rule: runs stored before them have older ids, which the report reconciles.)
+ADDED_LATER = {
+    "model.mask_token_in_encoder": False,
+    "pretrain.target_params": {},
+    "evals.finetune.blocks": None,
+    "evals.knn": {"enabled": False, "k": 20, "temperature": 0.07, "feature": "cls"},
+    "pretrain.precision": "fp32",
+}
+HASH_EXEMPT = ("pretrain.precision",)
+
+
+def _edit_at(cfg: dict, dotted: str, edit: Callable[[dict, str], bool]) -> dict:
+    """cfg with `edit(parent, key)` applied at a dotted key, copying only the dicts on its path;
+    cfg itself when the path is missing or edit returns False."""
+    *path, last = dotted.split(".")
+    nodes = [cfg]
+    for part in path:
+        node = nodes[-1].get(part)
+        if not isinstance(node, dict):
+            return cfg
+        nodes.append(node)
+    parent = dict(nodes[-1])
+    if not edit(parent, last):
+        return cfg
+    for node, part in zip(reversed(nodes[:-1]), reversed(path)):
+        parent = {**node, part: parent}
+    return parent
 
 
 def hashed_part(cfg: dict) -> dict:
-    """The config as run_id hashes it: without the ADDED_LATER keys that hold their old value."""
-    out = cfg
-    for dotted, old_value in ADDED_LATER.items():
-        *path, last = dotted.split(".")
-        node = out
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and last in node and node[last] == old_value:
-            if out is cfg:
-                out = copy.deepcopy(cfg)
-            parent = out
-            for part in path:
-                parent = parent[part]
-            del parent[last]
-    return out
+    """The config as run_id hashes it: without the HASH_EXEMPT keys that hold their old value."""
+    def drop_if_old(parent: dict, key: str) -> bool:
+        if key in parent and parent[key] == ADDED_LATER[dotted]:
+            del parent[key]
+            return True
+        return False
+    for dotted in HASH_EXEMPT:
+        cfg = _edit_at(cfg, dotted, drop_if_old)
+    return cfg
 
 
 def with_added_later(cfg: dict) -> dict:
     """A stored config written before some ADDED_LATER keys existed, with them at their old values
     (what the run computed with), so it reads — and compares — like one written today."""
-    out = cfg
-    for dotted, old_value in ADDED_LATER.items():
-        *path, last = dotted.split(".")
-        node = out
-        for part in path:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and last not in node:
-            if out is cfg:
-                out = copy.deepcopy(cfg)
-                node = out
-                for part in path:
-                    node = node[part]
-            node[last] = copy.deepcopy(old_value)
-    return out
+    def fill(parent: dict, key: str) -> bool:
+        if key in parent:
+            return False
+        parent[key] = copy.deepcopy(ADDED_LATER[dotted])
+        return True
+    for dotted in ADDED_LATER:
+        cfg = _edit_at(cfg, dotted, fill)
+    return cfg
 
 
 def run_id(cfg: dict) -> str:

@@ -35,7 +35,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
-from bench.config import ConfigError, with_added_later  # noqa: E402
+from bench.config import ConfigError, run_id, with_added_later  # noqa: E402
 from bench.stats import NOISE_RULE, bootstrap_ci, within_noise  # noqa: E402
 from bench.store import atomic_write_text, iter_runs, read_result, read_study_manifest  # noqa: E402
 
@@ -103,10 +103,11 @@ def runs_frame(study_dir: Path | str) -> pd.DataFrame:
                 continue
         if not isinstance(config, dict):
             continue
-        row = _flatten(with_added_later(config))  # written before a key existed: its old value
+        config = with_added_later(config)  # written before a key existed: its old value
+        row = _flatten(config)
         row.update({k: v for k, v in result.items() if not isinstance(v, (dict, list))})
-        rows.append(row)
-    frame = pd.DataFrame(rows)
+        rows.append((run_id(config), row))
+    frame = pd.DataFrame(_current_runs(rows))
     if frame.empty:
         return frame
     # the spec's order (from the launch's study.json), so categories read as the spec lists them
@@ -120,6 +121,21 @@ def runs_frame(study_dir: Path | str) -> pd.DataFrame:
     first = ["run_id", "study"] + (["seed"] if "seed" in frame else [])
     rest = sorted(c for c in frame.columns if c not in set(first) | set(config_cols) | set(metrics))
     return frame[first + config_cols + metrics + rest]
+
+
+def _current_runs(rows: list[tuple[str, dict]]) -> list[dict]:
+    """The rows to report: a run whose folder is named by an older id scheme (its config's id
+    today differs) counts only while no run of the same config exists under today's id — one
+    per config, so a re-run under the new id replaces it instead of doubling its seed."""
+    current = {rid for rid, row in rows if row.get("run_id") == rid}
+    kept, orphans = [], set()
+    for rid, row in rows:
+        if row.get("run_id") == rid:
+            kept.append(row)
+        elif rid not in current and rid not in orphans:
+            orphans.add(rid)
+            kept.append(row)
+    return kept
 
 
 def present_metrics(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:

@@ -95,6 +95,31 @@ def test_a_key_added_later_is_no_axis_between_runs_written_before_and_after_it(t
     assert RunFolder(tmp_path, "upgrade", "before").read_config()["pretrain"]["precision"] == "fp32"
 
 
+def _stored_run(root, study, config, folder_id, finetune):
+    run = RunFolder(root, study, folder_id)
+    run.start(config)
+    run.write_result({k: None for k in RESULT_KEYS} | {"run_id": folder_id, "study": study, "finetune_top1": finetune,
+                                                       "linear_probe_top1": 50.0})
+
+
+def test_a_run_under_an_older_id_counts_until_its_config_runs_under_todays(tmp_path):
+    """Runs stored before model.mask_token_in_encoder existed have older ids. Alone, they are
+    reported (as the same config); once the config has run under today's id they step aside."""
+    from bench.config import resolve, run_id
+    config = resolve({"masking": {"strategy": "block"}})
+    old = copy.deepcopy(config)
+    del old["model"]["mask_token_in_encoder"], old["evals"]["knn"]
+    _stored_run(tmp_path, "s", old, "0ld0ld0ld0ld", 70.0)
+    other = resolve({"masking": {"strategy": "grid"}})
+    _stored_run(tmp_path, "s", other, run_id(other), 60.0)
+    frame = runs_frame(tmp_path / "s")
+    assert sorted(frame["finetune_top1"]) == [60.0, 70.0]
+    assert varying_axes(frame) == ["masking.strategy"]  # the added keys read as their old values
+    _stored_run(tmp_path, "s", config, run_id(config), 71.0)  # the same config, run again today
+    frame = runs_frame(tmp_path / "s")
+    assert sorted(frame["finetune_top1"]) == [60.0, 71.0] and "0ld0ld0ld0ld" not in set(frame["run_id"])
+
+
 def test_summary_over_seeds_is_exact(strategies):
     frame = runs_frame(strategies)
     axes = varying_axes(frame)
