@@ -67,7 +67,8 @@ class Option:
             if self.nullable:
                 return None
             raise ConfigError(key, f"must not be null; allowed: {self.describe()}")
-        value = _coerce(key, value, self.kind, self.describe)
+        if type(value) is not self.kind:  # the usual case (already the right type) skips coercion
+            value = _coerce(key, value, self.kind, self.describe)
         allowed = self.allowed()
         if allowed is not None and value not in allowed:
             raise ConfigError(key, f"{value!r} is not allowed; allowed: {self.describe()}")
@@ -129,11 +130,16 @@ MODEL_PRESETS: dict[str, dict] = {
 }
 
 
-def _registry(module: str, name: str) -> Callable[[], tuple]:
-    """Choices read lazily from a registry module (avoids import cycles)."""
-    def names() -> tuple:
-        import importlib
-        return tuple(getattr(importlib.import_module(module), name))
+def _registry(module: str, name: str) -> Callable[[], dict]:
+    """Choices read lazily from a registry module (avoids import cycles): the registry itself,
+    so what is registered later is allowed too."""
+    imported = []
+
+    def names() -> dict:
+        if not imported:
+            import importlib
+            imported.append(importlib.import_module(module))
+        return getattr(imported[0], name)
     return names
 
 
@@ -268,7 +274,10 @@ def _check_tree(tree: Any, schema: dict, prefix: str) -> dict:
         if isinstance(sub, dict):
             out[name] = _check_tree(tree.get(name, {}), sub, key)
         else:
-            out[name] = sub.check(key, copy.deepcopy(tree.get(name, sub.default)))
+            value = tree.get(name, sub.default)
+            if isinstance(value, (dict, list)):  # the only mutable values; a copy, never shared
+                value = copy.deepcopy(value)
+            out[name] = sub.check(key, value)
     return out
 
 

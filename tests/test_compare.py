@@ -214,9 +214,11 @@ def test_every_mae_spec_matches_its_subtable(tmp_path, profile):
 
 
 def test_a_missing_axis_key_is_a_config_error(tmp_path):
+    import dataclasses
     add_run(tmp_path, "s", "a", finetune=80.0, probe=60.0)
-    with pytest.raises(ConfigError, match="no evals.finetune.blocks"):
-        compare(runs_frame(tmp_path / "s"), subtable("mae", "fig9"))
+    sub = dataclasses.replace(subtable("mae", "fig9"), axes=("evals.finetune.no_such_key",))
+    with pytest.raises(ConfigError, match="no evals.finetune.no_such_key"):
+        compare(runs_frame(tmp_path / "s"), sub)
 
 
 # ----------------------------------------------------------------------------- the paper's claims
