@@ -127,13 +127,13 @@ def _current_runs(rows: list[tuple[str, dict]]) -> list[dict]:
     """The rows to report: a run whose folder is named by an older id scheme (its config's id
     today differs) counts only while no run of the same config exists under today's id — one
     per config, so a re-run under the new id replaces it instead of doubling its seed."""
-    current = {rid for rid, row in rows if row.get("run_id") == rid}
-    kept, orphans = [], set()
+    reported = {rid for rid, row in rows if row.get("run_id") == rid}  # configs run under today's id
+    kept = []
     for rid, row in rows:
         if row.get("run_id") == rid:
             kept.append(row)
-        elif rid not in current and rid not in orphans:
-            orphans.add(rid)
+        elif rid not in reported:
+            reported.add(rid)
             kept.append(row)
     return kept
 

@@ -428,8 +428,9 @@ def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, ba
                                                    device=device))
     fixed = None if data else normalize(augment(batches.next()[0], "crop_rand", img_size, gen),
                                         dataset.mean, dataset.std)
-    forward = torch.compile(model.forward) if compile else model.forward
-    split_step = SplitStep(model, SplitStep.parts_for(device, 1) if split and not compile else 1, precision)
+    # as bench.pretrain: compiled code runs as one part
+    split_step = SplitStep(torch.compile(model) if compile else model,
+                           SplitStep.parts_for(device, 1) if split and not compile else 1, precision)
 
     def step():
         if data:
@@ -438,13 +439,7 @@ def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, ba
             group["lr"] = lr * group.get("lr_scale", 1.0)
         x = normalize(augment(images_, "crop_rand", img_size, gen), dataset.mean, dataset.std) if data else fixed
         mask = masking.generate("random", x.shape[0], grid, ratio, {}, gen, device)
-        if compile:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss, _ = forward(x, mask, target, full_pred=full_pred)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        else:
-            loss = split_step(x, mask, target, full_pred=full_pred)
+        loss = split_step(x, mask, target, full_pred=full_pred)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()}")
         optimizer.step()
