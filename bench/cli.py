@@ -21,7 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench.config import ConfigError
+from bench.core.errors import ConfigError
 
 LAUNCH_FLAGS = {  # command-line flag -> launch key
     "executor": "executor", "parallel": "parallel", "threads": "threads", "device": "device",
@@ -63,8 +63,8 @@ def _format_value(value) -> str:
 
 
 def cmd_plan(args) -> int:
-    from bench.spec import load_study
-    from bench.store import RunFolder
+    from bench.study.spec import load_study
+    from bench.launch.store import RunFolder
 
     study = load_study(args.spec, _launch_overrides(args), args.profile)
     out = Console()
@@ -100,9 +100,9 @@ def _print_report(paths: dict, out: Console) -> None:
 
 
 def cmd_run(args) -> int:
-    from bench.launch import launch_study
-    from bench.report import write_report
-    from bench.spec import load_study
+    from bench.launch.launcher import launch_study
+    from bench.analysis.report import write_report
+    from bench.study.spec import load_study
 
     study = load_study(args.spec, _launch_overrides(args), args.profile)
     err = Console(stderr=True)
@@ -121,8 +121,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bench.paper_numbers import parse_paper_ref, subtable
-    from bench.report import write_report
+    from bench.analysis.papers import parse_paper_ref, subtable
+    from bench.analysis.report import write_report
 
     study_dir = Path(args.study_dir)
     if not study_dir.is_dir():
@@ -138,14 +138,14 @@ def _study_dir(args) -> Path:
     """A study given as results/<study>, <study>, or its spec file."""
     target = Path(args.study)
     if target.suffix in (".yaml", ".yml") and target.is_file():
-        from bench.spec import load_study
+        from bench.study.spec import load_study
         return Path(args.results) / load_study(target, {}, args.profile).name
     return target if target.is_dir() and target.parent != Path(".") else Path(args.results) / args.study
 
 
 def cmd_status(args) -> int:
-    from bench.status import study_status
-    from bench.store import read_study_manifest
+    from bench.launch.status import study_status
+    from bench.launch.store import read_study_manifest
 
     studies = [_study_dir(args)] if args.study else sorted(
         p for p in Path(args.results).iterdir() if p.is_dir() and not p.name.startswith((".", "_")))  # _cache
@@ -164,7 +164,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from bench.status import cancel_study
+    from bench.launch.status import cancel_study
 
     ids = cancel_study(_study_dir(args))
     print(f"cancelled {len(ids)} job(s)" + (": " + " ".join(ids) if ids else ""))
@@ -192,7 +192,9 @@ def cmd_masks(args) -> int:
 
     import yaml
 
-    from bench import mask_tools, masking
+    from bench.masking import tools as mask_tools
+
+    from bench import masking
 
     params = yaml.safe_load(args.params) if args.params else {}
     grid = _grid(args.grid)
@@ -210,14 +212,14 @@ def cmd_bench(args) -> int:
     import json
 
     if args.what == "masks":
-        from bench import mask_tools
+        from bench.masking import tools as mask_tools
 
         rows = mask_tools.bench_masks(args.batch, _grid(args.grid), args.ratio, args.repeats, args.device)
         for row in rows:
             print(json.dumps(_finite(row)))
         print(mask_tools.format_bench_table(rows))
         return 0
-    from bench import speed
+    from bench.benchmarks import speed
 
     return speed.main_speed(args)
 
@@ -279,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--repeats", type=int, default=5)
     q.add_argument("--device", default="cpu")
     q.set_defaults(func=cmd_bench)
-    from bench.speed import add_speed_arguments
+    from bench.benchmarks.speed import add_speed_arguments
     add_speed_arguments(which.add_parser("speed", help="images/s of pretrain, encoder, probe and fine-tune steps"))
     which.choices["speed"].set_defaults(func=cmd_bench)
 

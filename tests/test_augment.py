@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bench.augment import AUGMENTATIONS, augment, normalize, random_resized_boxes
+from bench.data.augment import AUGMENTATIONS, augment, normalize, random_resized_boxes
 
 
 def ramp(n=8, size=28):

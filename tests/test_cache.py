@@ -5,10 +5,10 @@ import time
 
 import torch
 
-from bench import cache
-from bench.config import resolve
-from bench.run import run_one
-from bench.store import RunFolder
+from bench.core import cache
+from bench.study.config import resolve
+from bench.launch.job import run_one
+from bench.launch.store import RunFolder
 
 
 def test_runs_that_differ_only_in_evals_share_one_pretraining(tmp_path, tiny_base):
@@ -40,7 +40,7 @@ def _build_slowly(root, counter_path):
             f.write("built\n")
         time.sleep(0.5)  # long enough that the three requests overlap
         return {"value": torch.arange(3)}
-    return cache.get_or_build(root, "things", {"a": 1}, build)["value"].tolist()
+    return cache.get_or_build(root, "things", "a1", build)["value"].tolist()
 
 
 def test_concurrent_requests_build_an_entry_once(tmp_path):

@@ -5,11 +5,11 @@ import signal
 
 import pytest
 
-import bench.pretrain
-from bench.checkpoint import Preempted
-from bench.config import resolve, run_id
-from bench.run import run_one
-from bench.store import RunFolder
+import bench.train.pretrain
+from bench.train.checkpoint import Preempted
+from bench.study.config import resolve, run_id
+from bench.launch.job import run_one
+from bench.launch.store import RunFolder
 
 
 def losses_and_accuracy(root, config):
@@ -28,7 +28,7 @@ def test_preempted_run_resumes_to_the_same_numbers(tmp_path, tiny_base, monkeypa
     expected = losses_and_accuracy(tmp_path / "plain", config)
 
     calls = {"n": 0}
-    generate = bench.pretrain.masking.generate
+    generate = bench.train.pretrain.masking.generate
 
     def generate_then_signal(*args, **kwargs):  # SIGUSR2 arrives during a training step
         calls["n"] += 1
@@ -36,7 +36,7 @@ def test_preempted_run_resumes_to_the_same_numbers(tmp_path, tiny_base, monkeypa
             os.kill(os.getpid(), signal.SIGUSR2)
         return generate(*args, **kwargs)
 
-    monkeypatch.setattr(bench.pretrain.masking, "generate", generate_then_signal)
+    monkeypatch.setattr(bench.train.pretrain.masking, "generate", generate_then_signal)
     previous = signal.getsignal(signal.SIGUSR2)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # no submitit here: nothing to hand over to
     try:
@@ -46,7 +46,7 @@ def test_preempted_run_resumes_to_the_same_numbers(tmp_path, tiny_base, monkeypa
         signal.signal(signal.SIGUSR2, previous)
     folder = RunFolder(tmp_path / "cut", "s", run_id(config))
     assert folder.checkpoint_path.exists() and not folder.is_done()
-    monkeypatch.setattr(bench.pretrain.masking, "generate", generate)
+    monkeypatch.setattr(bench.train.pretrain.masking, "generate", generate)
 
     run_one(config, "s", str(tmp_path / "cut"), launch)  # the requeued job
     assert losses_and_accuracy(tmp_path / "cut", config) == expected
@@ -76,14 +76,14 @@ def test_periodic_checkpoints_and_resume_after_a_kill(tmp_path, tiny_base):
             raise Killed
 
     folder.start(config)
-    from bench.checkpoint import Checkpointer
-    from bench.data import load_dataset
+    from bench.train.checkpoint import Checkpointer
+    from bench.data.datasets import load_dataset
     import torch
     torch.set_num_threads(1)
     ckpt = Checkpointer(folder.checkpoint_path, every_epochs=1)
     train = load_dataset(config["data"], "train")
     with pytest.raises(Killed):
-        bench.pretrain.pretrain(config, train, torch.device("cpu"), log_then_die, ckpt)
+        bench.train.pretrain.pretrain(config, train, torch.device("cpu"), log_then_die, ckpt)
     # the epoch-2 line was logged before its checkpoint: resume keeps only what the checkpoint covers
     assert torch.load(folder.checkpoint_path, weights_only=False)["epoch"] == 1
     run_one(config, "s", str(root), launch)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.config import ConfigError
-from bench.data import DEBIAN_DATASETS, _read_idx, load_dataset, make_synthetic
+from bench.core.errors import ConfigError
+from bench.data.datasets import DEBIAN_DATASETS, _read_idx, load_dataset, make_synthetic
 
 HAS_FASHION = (DEBIAN_DATASETS / "fashion-mnist" / "train-images-idx3-ubyte.gz").exists()
 

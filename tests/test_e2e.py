@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from bench.cli import main
-from bench.store import RunFolder
+from bench.launch.store import RunFolder
 
 
 def write_study(tmp_path, tiny_base, name="tiny", strategies=("random", "grid"), seeds=(0,), launch=None):

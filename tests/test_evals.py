@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from bench import evals
-from bench.config import resolve
-from bench.data import load_dataset
-from bench.optim import layer_decay_groups
-from bench.pretrain import pretrain
-from bench.run import run_one
+from bench.train import evals
+from bench.study.config import resolve
+from bench.data.datasets import load_dataset
+from bench.train.optim import layer_decay_groups
+from bench.train.pretrain import pretrain
+from bench.launch.job import run_one
 from conftest import TINY_BASE
 
 

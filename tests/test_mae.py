@@ -6,7 +6,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from bench import masking
-from bench.models_mae import MaskedAutoencoderViT, sincos_pos_embed
+from bench.methods.mae import MaskedAutoencoderViT, sincos_pos_embed
 from bench.targets import build_target
 
 
@@ -106,8 +106,8 @@ def test_mask_token_in_encoder_feeds_all_patches_and_costs_the_papers_flops():
     assert torch.allclose(with_m.forward_encoder(with_m.unpatchify(x2_patches), mask)[0], latent, atol=1e-5)
     assert "encoder_mask_token" not in with_m.encoder_state_dict()
     # ViT-L/16 at 224 px, decoder 512 x 8: the encoder with [M] costs ~3.3x overall (MAE Table 1c)
-    from bench.config import resolve
-    from bench.models_mae import build_mae
+    from bench.study.config import resolve
+    from bench.methods.mae import build_mae
     flops = [build_mae(resolve({"model": {"preset": "mae_vit_large_patch16", "mask_token_in_encoder": m},
                                 "data": {"img_size": 224}})["model"], 224, 3).flops_per_image(0.75)["total"]
              for m in (False, True)]

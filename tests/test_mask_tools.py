@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from bench import mask_tools, masking
+from bench.masking import tools as mask_tools
+
+from bench import masking
 
 GRID = (14, 14)
 
@@ -229,7 +231,7 @@ def test_masks_command_video_and_all(tmp_path):
 
 
 def test_masks_command_rejects_bad_input():
-    from bench.config import ConfigError
+    from bench.core.errors import ConfigError
     with pytest.raises(ConfigError):
         mask_tools.masks_command("nope", 0.75, (14, 14), 4, None, {}, 0, False, None)
     with pytest.raises(ConfigError):

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench import masking
-from bench.config import ConfigError
+from bench.core.errors import ConfigError
 
 
 def make(name, batch, grid, ratio, seed=0, **params):

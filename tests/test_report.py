@@ -6,9 +6,9 @@ import math
 import pandas as pd
 import pytest
 
-from bench.report import (format_markdown, plot_study, runs_frame, summary_table, varying_axes,
+from bench.analysis.report import (format_markdown, plot_study, runs_frame, summary_table, varying_axes,
                           write_report)
-from bench.store import RESULT_KEYS, RunFolder
+from bench.launch.store import RESULT_KEYS, RunFolder
 
 BASE = {
     "seed": 0,
@@ -105,7 +105,7 @@ def _stored_run(root, study, config, folder_id, finetune):
 def test_a_run_under_an_older_id_counts_until_its_config_runs_under_todays(tmp_path):
     """Runs stored before model.mask_token_in_encoder existed have older ids. Alone, they are
     reported (as the same config); once the config has run under today's id they step aside."""
-    from bench.config import resolve, run_id
+    from bench.study.config import resolve, run_id
     config = resolve({"masking": {"strategy": "block"}})
     old = copy.deepcopy(config)
     del old["model"]["mask_token_in_encoder"], old["evals"]["knn"]

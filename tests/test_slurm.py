@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from bench.cli import main
-from bench.config import resolve, run_id
-from bench.run import run_one
-from bench.status import study_status
-from bench.store import RunFolder
+from bench.study.config import resolve, run_id
+from bench.launch.job import run_one
+from bench.launch.status import study_status
+from bench.launch.store import RunFolder
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,10 @@ import sys
 import pytest
 import yaml
 
-from bench.config import ConfigError, canonical_json, resolve, resolve_launch, run_id
-from bench.spec import load_study
+from bench.core.errors import ConfigError
+from bench.core.hashing import canonical_json
+from bench.study.config import resolve, resolve_launch, run_id
+from bench.study.spec import load_study
 
 
 def write_spec(tmp_path, spec, name="spec.yaml"):
@@ -87,7 +89,7 @@ def test_run_id_is_stable_across_key_order_number_spelling_and_processes(tiny_ba
     reordered["pretrain"]["blr"] = "1.5e-3"  # YAML 1.1 reads 1.5e-3 as a string
     reordered["masking"]["ratio"] = 0.75
     assert run_id(resolve(reordered)) == run_id(a)
-    code = f"import json; from bench.config import resolve, run_id; print(run_id(resolve(json.loads({json.dumps(json.dumps(tiny_base))}))))"
+    code = f"import json; from bench.study.config import resolve, run_id; print(run_id(resolve(json.loads({json.dumps(json.dumps(tiny_base))}))))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={"PYTHONHASHSEED": "123", "PATH": ""}, check=True).stdout.strip()
     assert other == run_id(a)

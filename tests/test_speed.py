@@ -1,4 +1,4 @@
-"""bench.speed: the fast path computes what the official-style path computes; the report runs. No timings."""
+"""bench.benchmarks.speed: the fast path computes what the official-style path computes; the report runs. No timings."""
 import copy
 import math
 
@@ -7,13 +7,13 @@ import torch
 from torch import nn
 
 from bench import masking
-from bench.config import resolve
-from bench.data import ImageSet, make_synthetic
-from bench.evals import _inputs, build_vit, extract_features
-from bench.models_mae import Attention, MaskedAutoencoderViT, sincos_pos_embed
-from bench.optim import LARS
-from bench.pretrain import SplitStep
-from bench.speed import (OfficialMAE, bench_harness, harness_spec, noise_for_mask,
+from bench.study.config import resolve
+from bench.data.datasets import ImageSet, make_synthetic
+from bench.train.evals import _inputs, build_vit, extract_features
+from bench.methods.mae import Attention, MaskedAutoencoderViT, sincos_pos_embed
+from bench.train.optim import LARS
+from bench.train.pretrain import SplitStep
+from bench.benchmarks.speed import (OfficialMAE, bench_harness, harness_spec, noise_for_mask,
                          official_sincos_pos_embed, speed_report)
 from bench.targets import build_target
 
@@ -143,8 +143,8 @@ def test_bf16_split_step_autocasts_in_every_part_and_stays_near_fp32(parts):
 
 
 def test_pretraining_in_bf16_trains_like_fp32():
-    from bench.data import load_dataset
-    from bench.pretrain import pretrain
+    from bench.data.datasets import load_dataset
+    from bench.train.pretrain import pretrain
     from conftest import TINY_BASE
     losses = {}
     for precision in ("fp32", "bf16"):
@@ -158,8 +158,8 @@ def test_pretraining_in_bf16_trains_like_fp32():
 def test_compiled_pretraining_gives_the_eager_losses():
     """launch.compile: torch.compile of the pre-training forward computes the same losses (to
     float tolerance) as eager — the speed bench's pretrain_fast_compiled runs this path."""
-    from bench.data import load_dataset
-    from bench.pretrain import pretrain
+    from bench.data.datasets import load_dataset
+    from bench.train.pretrain import pretrain
     from conftest import TINY_BASE
     config = resolve(copy.deepcopy(TINY_BASE))
     train_set = load_dataset(config["data"], "train")

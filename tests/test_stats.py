@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from bench.stats import bootstrap_ci, kendall_tau, within_noise
+from bench.analysis.stats import bootstrap_ci, kendall_tau, within_noise
 
 
 def test_bootstrap_is_deterministic_and_inside_the_data():

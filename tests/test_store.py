@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from bench.store import RESULT_KEYS, RunFolder, atomic_write_text, load_done_runs, read_result
+from bench.launch.store import RESULT_KEYS, RunFolder, atomic_write_text, load_done_runs, read_result
 
 
 def full_result(run_id="abc"):
@@ -68,7 +68,7 @@ def test_metrics_lines_cut_short_are_ignored(tmp_path):
 
 def test_a_run_stored_before_a_key_was_added_resumes_under_the_new_schema(tmp_path):
     """config.yaml written before pretrain.precision existed still matches the run's config."""
-    from bench.config import resolve
+    from bench.study.config import resolve
     config = resolve({})
     old = {**config, "pretrain": {k: v for k, v in config["pretrain"].items() if k != "precision"}}
     folder = RunFolder(tmp_path, "study", "abc")

@@ -4,12 +4,15 @@ import math
 import pytest
 import torch
 
-from bench import masking, targets
-from bench.augment import augment, normalize
-from bench.config import ConfigError, resolve
-from bench.data import load_dataset
-from bench.models_mae import MaskedAutoencoderViT
-from bench.pretrain import pretrain
+from bench import masking
+
+from bench import targets
+from bench.data.augment import augment, normalize
+from bench.core.errors import ConfigError
+from bench.study.config import resolve
+from bench.data.datasets import load_dataset
+from bench.methods.mae import MaskedAutoencoderViT
+from bench.train.pretrain import pretrain
 from bench.targets import build_target, hog_features
 
 # small enough to train in a second: 32 codes, 4096 patches, 6 epochs of 64 steps
@@ -68,8 +71,8 @@ def test_pca_components_above_the_patch_dimension_is_a_config_error(tiny_base):
 # ----------------------------------------------------------------------------- dvae_token
 def test_tokenizer_is_trained_once_then_loaded_from_the_cache(tiny_base, tmp_path, monkeypatch):
     calls = []
-    train = targets.train_tokenizer
-    monkeypatch.setattr(targets, "train_tokenizer", lambda *args: calls.append(1) or train(*args))
+    train = targets.kinds.train_tokenizer
+    monkeypatch.setattr(targets.kinds, "train_tokenizer", lambda *args: calls.append(1) or train(*args))
     cfg, train_set = setup(tiny_base, "dvae_token")
     params = cfg["pretrain"]["target_params"]
     first = build_target("dvae_token", params, train_set=train_set, cfg=cfg, cache_dir=tmp_path)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from bench.config import ConfigError
+from bench.core.errors import ConfigError
 
 PAPER_METRICS = ("ft", "lin")  # fine-tune top-1, linear-probe top-1
 OTHER_METRICS = ("flops", "pretrain_wall_h")  # a table's other numbers

@@ -10,7 +10,7 @@ and masking.ratio together). Per metric, fine-tune (ft) and linear probe (lin), 
   - since the scales differ (a tiny ViT on Fashion-MNIST against ViT-L on ImageNet-1K), the
     orderings: ranks, whether our best setting is the paper's, and Kendall's tau-b over the
     settings both have;
-  - our pairwise orderings, each with whether it is within seed noise (bench.stats.within_noise)
+  - our pairwise orderings, each with whether it is within seed noise (bench.analysis.stats.within_noise)
     and whether the paper orders the two settings the same way;
   - each claim of the paper checked against our means where it has a machine check: passes,
     fails, or cannot judge (a setting we did not run, or a difference within seed noise).
@@ -34,13 +34,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from bench.config import ConfigError  # noqa: E402
-from bench.paper_numbers import (Claim, Point, Subtable, load_paper, parse_paper_ref, same_setting,  # noqa: E402
+from bench.core.errors import ConfigError  # noqa: E402
+from bench.analysis.papers import (Claim, Point, Subtable, load_paper, parse_paper_ref, same_setting,  # noqa: E402
                                  same_value, subtable)
-from bench.report import (MISSING, _bars, _fmt_value, _lines, _not_run, _save_png, _zoom, axis_label,  # noqa: E402
+from bench.analysis.report import (MISSING, _bars, _fmt_value, _lines, _not_run, _save_png, _zoom, axis_label,  # noqa: E402
                           runs_frame, varying_axes)
-from bench.stats import NOISE_RULE, bootstrap_ci, kendall_tau, within_noise  # noqa: E402
-from bench.store import atomic_write_text, read_study_manifest  # noqa: E402
+from bench.analysis.stats import NOISE_RULE, bootstrap_ci, kendall_tau, within_noise  # noqa: E402
+from bench.launch.store import atomic_write_text, read_study_manifest  # noqa: E402
 
 METRICS = {"ft": ("finetune_top1", "fine-tune top-1"), "lin": ("linear_probe_top1", "linear probe top-1")}
 OTHER_NUMBERS = {  # a paper number -> (our result column, what it is, our unit, the paper's unit)
@@ -228,7 +228,7 @@ def at_paper_scale(runs: pd.DataFrame, sub: Subtable) -> bool:
 
 
 def check_claim(claim: Claim, settings: list[Setting], paper_scale: bool = True) -> ClaimCheck:
-    """A claim's machine check against our per-setting means (see bench.paper_numbers.CHECK_KINDS).
+    """A claim's machine check against our per-setting means (see bench.analysis.papers.CHECK_KINDS).
 
     An absolute bound (kind `above`) is on the paper's scale: with runs at another scale
     (paper_scale False) it cannot be judged.

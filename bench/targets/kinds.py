@@ -13,7 +13,7 @@ A target turns the normalised images the model sees (B×C×H×W) into per-patch 
 `targets(imgs, model)` — B×L×D floats, or B×L token ids — and scores the decoder's prediction
 on the masked patches only with `loss(pred, targets, mask)`; `out_dim(patch_dim)` is the width
 of the decoder's head. pca and dvae_token are fitted once on the normalised, un-augmented
-training images and kept in the shared cache (bench.cache, kind "targets") under a hash of
+training images and kept in the shared cache (bench.core.cache, kind "targets") under a hash of
 everything the fit depends on, so runs that differ elsewhere reuse them.
 """
 from __future__ import annotations
@@ -30,9 +30,11 @@ from einops import rearrange
 from torch import nn
 from tqdm.auto import tqdm
 
-from bench import cache
-from bench.augment import augment, normalize
-from bench.config import ConfigError, Option
+from bench.core import cache
+from bench.core.hashing import digest
+from bench.data.augment import augment, normalize
+from bench.core.errors import ConfigError
+from bench.core.options import Option
 
 FIT_VERSION = 1          # part of every fitted target's cache key: bump when a fit changes
 FIT_READ_BATCH = 512     # images per batch while collecting training patches
@@ -150,7 +152,7 @@ def build_pca(params: dict, train_set, cfg: dict, cache_dir, device) -> PcaTarge
                           f"{params['components']} exceeds the patch dimension {patch_dim} "
                           f"({patch_size}x{patch_size} px x {channels} channels); allowed: 1..{patch_dim}")
     fitted = cache.get_or_build(
-        cache_dir, "targets", fit_key("pca", params, cfg, channels),
+        cache_dir, "targets", digest(fit_key("pca", params, cfg, channels)),
         lambda: fit_pca(training_patches(train_set, cfg, params["fit_patches"], device), params["components"]))
     stats = {"explained_variance": fitted["explained"], "fit_patches": fitted["fit_patches"]}
     return PcaTarget(fitted["mean"].to(device), fitted["basis"].to(device), patch_size, stats)
@@ -292,7 +294,7 @@ class TokenTarget:
 def build_dvae_token(params: dict, train_set, cfg: dict, cache_dir, device) -> TokenTarget:
     patch_size, channels = cfg["model"]["patch_size"], train_set.channels
     entry = cache.get_or_build(
-        cache_dir, "targets", fit_key("dvae_token", params, cfg, channels),
+        cache_dir, "targets", digest(fit_key("dvae_token", params, cfg, channels)),
         lambda: train_tokenizer(training_patches(train_set, cfg, params["fit_patches"], device), params))
     with torch.device("meta"):  # no initialisation (nor draws from the run's RNG): the weights are loaded
         tokenizer = PatchTokenizer(entry["patch_dim"], params["vocab_size"], params["hidden"], params["code_dim"])

@@ -17,14 +17,16 @@ from pathlib import Path
 import timm
 import torch
 
-from bench import cache, distributed
-from bench.checkpoint import Checkpointer, Preempted
-from bench.config import resolve
-from bench.config import run_id as config_run_id
-from bench.data import load_dataset
-from bench.evals import EVALS
-from bench.pretrain import pretrain
-from bench.store import RunFolder
+from bench.core import cache
+
+from bench.train import distributed
+from bench.train.checkpoint import Checkpointer, Preempted
+from bench.study.config import resolve
+from bench.study.config import run_id as config_run_id
+from bench.data.datasets import load_dataset
+from bench.train.evals import EVALS
+from bench.train.pretrain import pretrain
+from bench.launch.store import RunFolder
 
 
 def pretrain_config(config: dict) -> dict:
@@ -80,7 +82,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
     saved = checkpointer.load()
     rank = distributed.current()
     cache_dir = cache.cache_root(results_root)
-    encoder_path = cache.entry_path(cache_dir, "encoders", cache.key_of(pretrain_config(config)))
+    encoder_path = cache.entry_path(cache_dir, "encoders", config_run_id(pretrain_config(config)))
     if not rank.is_main:  # a DDP worker: trains its share of every batch; the main process writes
         device = pick_device(launch.get("device", "auto"), rank.local_rank)
         if catch_preemption:
@@ -122,7 +124,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
                     entry = pretrain_encoder()
                     cache.save(encoder_path, entry)
             else:
-                entry = cache.get_or_build(cache_dir, "encoders", pretrain_config(config), pretrain_encoder)
+                entry = cache.get_or_build(cache_dir, "encoders", encoder_path.stem, pretrain_encoder)
             distributed.shutdown()  # the evals run in the main process alone
             if not built:  # reused: the pre-training's own metrics, marked with the run that made them
                 for row in entry.get("metrics", []):

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bench.config import ConfigError
+from bench.core.errors import ConfigError
 
 
 def num_masked(num_patches: int, ratio: float) -> int:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from bench.config import with_added_later
+from bench.study.config import with_added_later
 
 RESULT_KEYS = ("run_id", "study", "finetune_top1", "linear_probe_top1", "pretrain_images_per_s",
                "pretrain_wall_s", "n_params", "torch_version", "timm_version", "git_commit", "device")

@@ -10,7 +10,7 @@ a run that was never interrupted.
 On SLURM, submitit sends SIGUSR2 before the time limit and on preemption. `Checkpointer`
 takes that signal over while a run trains: the training loop sees the request at the next
 step boundary, saves a consistent checkpoint, and hands the signal to submitit, which
-requeues the job (see `bench.launch.RunJob.checkpoint`).
+requeues the job (see `bench.launch.launcher.RunJob.checkpoint`).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class Checkpointer:
     # -- files
     def save(self, state: dict) -> None:
         """Write atomically: a checkpoint cut short by a kill is never read. Only the main process writes."""
-        from bench.distributed import current
+        from bench.train.distributed import current
         if not current().is_main:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

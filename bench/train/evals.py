@@ -28,10 +28,10 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from bench.augment import augment, normalize
-from bench.data import batch_order
-from bench.optim import LARS, layer_decay_groups, lr_at, scaled_lr, set_lr
-from bench.pretrain import epoch_generator
+from bench.data.augment import augment, normalize
+from bench.data.datasets import batch_order
+from bench.train.optim import LARS, layer_decay_groups, lr_at, scaled_lr, set_lr
+from bench.train.pretrain import epoch_generator
 
 POOL = {"cls": "token", "avgpool": "avg"}
 

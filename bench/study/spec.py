@@ -35,8 +35,9 @@ from pathlib import Path
 
 import yaml
 
-from bench.config import (ConfigError, canonical_json, is_known_key, resolve, resolve_launch, run_id,
-                          set_dotted)
+from bench.core.errors import ConfigError
+from bench.core.hashing import canonical_json
+from bench.study.config import is_known_key, resolve, resolve_launch, run_id, set_dotted
 
 SPEC_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "launch", "profiles", "paper", "extends")
 PROFILE_KEYS = ("description", "base", "grid", "zip", "seeds", "launch", "extends")

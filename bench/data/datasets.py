@@ -8,7 +8,7 @@
 
 Small datasets are held in memory as uint8 N×C×H×W tensors and copied once to the device the
 model runs on; batches are cut from them there, in an order that depends only on
-(seed, epoch). Augmentation happens later, batched on the device (bench.augment).
+(seed, epoch). Augmentation happens later, batched on the device (bench.data.augment).
 ImageFolder trees are too big for memory: they stream through a torch DataLoader whose
 workers decode and resize to a fixed square, in the same deterministic order.
 """
@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from bench.config import ConfigError
+from bench.core.errors import ConfigError
 
 # Where each dataset is looked for, under each search root (see `find_root`).
 FOLDER_NAMES = {

@@ -21,11 +21,13 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.run import pretrain_config, run_one
-from bench.spec import Run, Study
-from bench import cache, distributed
-from bench.status import live_run_ids, slurm_states, write_job
-from bench.store import RunFolder, write_study_manifest
+from bench.launch.job import pretrain_config, run_one
+from bench.study.spec import Run, Study
+from bench.core import cache
+from bench.train import distributed
+from bench.launch.status import live_run_ids, slurm_states, write_job
+from bench.launch.store import RunFolder, write_study_manifest
+from bench.study.config import run_id
 
 
 @dataclass
@@ -110,7 +112,7 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
         for run in todo:
             RunFolder(results_root, study.name, run.run_id).checkpoint_path.unlink(missing_ok=True)
             cache.entry_path(cache.cache_root(results_root), "encoders",
-                             cache.key_of(pretrain_config(run.config))).unlink(missing_ok=True)
+                             run_id(pretrain_config(run.config))).unlink(missing_ok=True)
     if not todo:
         return outcome
     launch = dict(study.launch)

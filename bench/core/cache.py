@@ -2,10 +2,11 @@
 
     <results>/_cache/<kind>/<key>.pt
 
-`key` is a hash of the config that determines the thing (bench.config.run_id of a dict), so a
-change of any input is a new entry and never a stale hit. Entries are written atomically
-(temp file + rename) and built under a per-entry file lock: two runs that need the same entry
-at once build it once, the second waits and loads it. What lives here:
+`key` is a digest of everything that determines the thing (the caller computes it: an encoder's
+is the run id of its pre-training config, a fitted target's the digest of its fit key), so a
+change of any input is a new entry and never a stale hit. Entries are written atomically and
+built under a per-entry file lock: two runs that need the same entry at once build it once,
+the second waits and loads it. What lives here:
 
     encoders    a run's pre-trained encoder, shared by runs that differ only in their evals
     targets     fitted reconstruction targets (PCA basis, trained tokenizer)
@@ -13,15 +14,11 @@ at once build it once, the second waits and loads it. What lives here:
 from __future__ import annotations
 
 import fcntl
-import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
-
-from bench.config import run_id
+from bench.core.files import atomic_torch_save
 
 CACHE_DIR = "_cache"
 
@@ -30,29 +27,18 @@ def cache_root(results_root: Path | str) -> Path:
     return Path(results_root) / CACHE_DIR
 
 
-def key_of(config: dict) -> str:
-    """The cache key of a (JSON-able) config: the same hash as a run id."""
-    return run_id(config)
-
-
 def entry_path(root: Path | str, kind: str, key: str) -> Path:
     return Path(root) / kind / f"{key}.pt"
 
 
 def save(path: Path, value: Any) -> None:
-    """torch.save, atomically: the entry is either complete or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(value, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Store an entry atomically: it is either complete or absent."""
+    atomic_torch_save(path, value)
 
 
 def load(path: Path) -> Any | None:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
 
@@ -68,14 +54,14 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def get_or_build(root: Path | str | None, kind: str, config: dict, build: Callable[[], Any]) -> Any:
-    """The cached value for `config`, built by `build()` and stored the first time.
+def get_or_build(root: Path | str | None, kind: str, key: str, build: Callable[[], Any]) -> Any:
+    """The cached value under `key`, built by `build()` and stored the first time.
 
     With `root` None there is no cache: `build()` runs every time.
     """
     if root is None:
         return build()
-    path = entry_path(root, kind, key_of(config))
+    path = entry_path(root, kind, key)
     value = load(path)
     if value is not None:
         return value

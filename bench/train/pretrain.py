@@ -19,11 +19,13 @@ from typing import Callable
 
 import torch
 
-from bench import distributed, masking
-from bench.augment import augment, normalize
-from bench.checkpoint import Checkpointer
-from bench.models_mae import MaskedAutoencoderViT, build_mae
-from bench.optim import fused_adamw, lr_at, scaled_lr, set_lr, weight_decay_groups
+from bench.train import distributed
+
+from bench import masking
+from bench.data.augment import augment, normalize
+from bench.train.checkpoint import Checkpointer
+from bench.methods.mae import MaskedAutoencoderViT, build_mae
+from bench.train.optim import fused_adamw, lr_at, scaled_lr, set_lr, weight_decay_groups
 from bench.targets import build_target
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from bench import masking
-from bench.config import ConfigError
+from bench.core.errors import ConfigError
 
 # ----------------------------------------------------------------------------- statistics
 

@@ -15,100 +15,11 @@ hashed.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-from dataclasses import dataclass
 from typing import Any, Callable
 
-
-class ConfigError(ValueError):
-    """Bad input. Its message is one line: where (file), which key, and what is allowed."""
-
-    def __init__(self, key: str, message: str, source: str | None = None):
-        self.key, self.source, self.detail = key, source, message
-        super().__init__(f"{source + ': ' if source else ''}{key}: {message}")
-
-    def at(self, source: str) -> "ConfigError":
-        return ConfigError(self.key, self.detail, source)
-
-
-@dataclass(frozen=True)
-class Option:
-    """One leaf of the schema: its default, type, and allowed values."""
-
-    default: Any
-    kind: type
-    choices: tuple | Callable[[], tuple] | None = None
-    low: float | None = None
-    high: float | None = None
-    open_interval: bool = False  # True: low < x < high; False: low <= x <= high
-    nullable: bool = False
-    help: str = ""
-
-    def allowed(self) -> tuple | None:
-        return self.choices() if callable(self.choices) else self.choices
-
-    def describe(self) -> str:
-        if self.allowed() is not None:
-            return "one of " + ", ".join(map(str, self.allowed()))
-        parts = [self.kind.__name__]
-        if self.low is not None and self.high is not None:
-            op = "<" if self.open_interval else "<="
-            parts.append(f"{self.low} {op} x {op} {self.high}")
-        elif self.low is not None:
-            parts.append(f">= {self.low}")
-        if self.nullable:
-            parts.append("or null")
-        return " ".join(parts)
-
-    def check(self, key: str, value: Any) -> Any:
-        """Return the value normalised to this option's type, or raise ConfigError."""
-        if value is None:
-            if self.nullable:
-                return None
-            raise ConfigError(key, f"must not be null; allowed: {self.describe()}")
-        if type(value) is not self.kind:  # the usual case (already the right type) skips coercion
-            value = _coerce(key, value, self.kind, self.describe)
-        allowed = self.allowed()
-        if allowed is not None and value not in allowed:
-            raise ConfigError(key, f"{value!r} is not allowed; allowed: {self.describe()}")
-        if self.low is not None and (value <= self.low if self.open_interval else value < self.low):
-            raise ConfigError(key, f"{value!r} is out of range; allowed: {self.describe()}")
-        if self.high is not None and (value >= self.high if self.open_interval else value > self.high):
-            raise ConfigError(key, f"{value!r} is out of range; allowed: {self.describe()}")
-        return value
-
-
-def _coerce(key: str, value: Any, kind: type, describe: Callable[[], str]) -> Any:
-    """`value` as `kind`; the error (and its description of what is allowed) is built only when it is bad."""
-    def bad() -> ConfigError:
-        return ConfigError(key, f"{value!r} has the wrong type ({type(value).__name__}); allowed: {describe()}")
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad()
-        return value
-    if kind is float:
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad() from None
-        if not isinstance(value, (int, float)):
-            raise bad()
-        return float(value)
-    if kind is list:
-        if not isinstance(value, (list, tuple)):
-            raise bad()
-        return list(value)
-    if not isinstance(value, kind):
-        raise bad()
-    return value
+from bench.core.errors import ConfigError
+from bench.core.hashing import canonical_json, digest
+from bench.core.options import Option
 
 
 # ----------------------------------------------------------------------------- model presets
@@ -150,11 +61,11 @@ _MODEL_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
 SCHEMA: dict = {
     "seed": Option(0, int, low=0, help="seeds weights, data order, augmentation and masks"),
     "data": {
-        "name": Option("fashion_mnist", str, choices=_registry("bench.data", "DATASETS")),
+        "name": Option("fashion_mnist", str, choices=_registry("bench.data.datasets", "DATASETS")),
         "img_size": Option(32, int, low=8, help="side of the model's input, in pixels"),
         "train_limit": Option(None, int, low=1, nullable=True, help="use the first N training images"),
         "test_limit": Option(None, int, low=1, nullable=True, help="use the first N held-out images"),
-        "augmentation": Option("crop_rand", str, choices=_registry("bench.augment", "AUGMENTATIONS"),
+        "augmentation": Option("crop_rand", str, choices=_registry("bench.data.augment", "AUGMENTATIONS"),
                                help="pretraining augmentation (MAE Table 1e)"),
     },
     "model": {
@@ -202,7 +113,7 @@ SCHEMA: dict = {
             "weight_decay": Option(0.0, float, low=0.0),
             "feature": Option("cls", str, choices=("cls", "avgpool"),
                               help="which encoder output the probe reads"),
-            "augmentation": Option("crop_rand", str, choices=_registry("bench.augment", "AUGMENTATIONS"),
+            "augmentation": Option("crop_rand", str, choices=_registry("bench.data.augment", "AUGMENTATIONS"),
                                    help="'none' lets the probe train on features computed once"),
         },
         "finetune": {  # MAE Table 9: AdamW, blr 1e-3, layer-wise lr decay 0.75
@@ -217,7 +128,7 @@ SCHEMA: dict = {
             "drop_path": Option(0.1, float, low=0.0, high=1.0),
             "label_smoothing": Option(0.1, float, low=0.0, high=1.0),
             "feature": Option("avgpool", str, choices=("cls", "avgpool")),
-            "augmentation": Option("crop_rand", str, choices=_registry("bench.augment", "AUGMENTATIONS")),
+            "augmentation": Option("crop_rand", str, choices=_registry("bench.data.augment", "AUGMENTATIONS")),
             "blocks": Option(None, float, low=0.0, nullable=True,
                              help="partial fine-tuning (MAE Fig. 9): tune only the last k blocks (0.5 = the MLP "
                                   "half of the last block; 0 = the head alone); null = all blocks"),
@@ -320,10 +231,6 @@ def resolve_launch(partial: dict | None) -> dict:
     return _check_tree(partial or {}, LAUNCH_SCHEMA, "launch")
 
 
-def canonical_json(cfg: dict) -> str:
-    return json.dumps(cfg, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
 # Keys added to the schema after results existed, with the value at which a run computes what it
 # computed before the key was there. A stored config without one reads as holding that value
 # (`with_added_later`). Those in HASH_EXEMPT came after run ids had to stay stable: at that value
@@ -384,7 +291,7 @@ def with_added_later(cfg: dict) -> dict:
 
 def run_id(cfg: dict) -> str:
     """12 hex digits of the SHA-256 of the resolved config (key order does not matter)."""
-    return hashlib.sha256(canonical_json(hashed_part(cfg)).encode()).hexdigest()[:12]
+    return digest(hashed_part(cfg))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

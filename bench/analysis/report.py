@@ -6,14 +6,14 @@
                     bootstrap interval over seeds, and whether it is the best or within seed noise of it
         table.md    the same table in markdown, with the study's description and setup
         plot.png    fine-tune and linear probe top-1 (and k-NN, when run) against the varying axis
-        comparison.md / .csv / .png   when the study names the paper subtable it reproduces (bench.compare)
+        comparison.md / .csv / .png   when the study names the paper subtable it reproduces (bench.analysis.compare)
 
-A run counts when its result.json is complete (see bench.store); half-written runs are
+A run counts when its result.json is complete (see bench.launch.store); half-written runs are
 skipped. The axes are inferred from the configs: the keys whose values differ between runs,
 the seed aside, and leaving out the keys a setting implies (a masking strategy's params, a
 model preset's widths and depths) when they only follow it.
 
-Seed noise (bench.stats.within_noise): the table marks the settings whose difference from the
+Seed noise (bench.analysis.stats.within_noise): the table marks the settings whose difference from the
 best setting is within two standard errors of that difference.
 """
 from __future__ import annotations
@@ -35,9 +35,10 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import yaml  # noqa: E402
 
-from bench.config import ConfigError, run_id, with_added_later  # noqa: E402
-from bench.stats import NOISE_RULE, bootstrap_ci, within_noise  # noqa: E402
-from bench.store import atomic_write_text, iter_runs, read_result, read_study_manifest  # noqa: E402
+from bench.core.errors import ConfigError  # noqa: E402
+from bench.study.config import run_id, with_added_later  # noqa: E402
+from bench.analysis.stats import NOISE_RULE, bootstrap_ci, within_noise  # noqa: E402
+from bench.launch.store import atomic_write_text, iter_runs, read_result, read_study_manifest  # noqa: E402
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on 10k configs
 
@@ -494,7 +495,7 @@ def write_report(study_dir: Path | str, reports_root: Path | str = "reports",
     """Write runs.csv, table.csv, table.md and plot.png under reports_root/<study>/.
 
     When the study reproduces a paper's subtable (`paper`, 'mae:table1f' or {source, subtable};
-    else the `paper` of its study.json), also comparison.md, .csv and .png (bench.compare); their
+    else the `paper` of its study.json), also comparison.md, .csv and .png (bench.analysis.compare); their
     paths come back as comparison_md, comparison_csv and comparison_png.
     """
     study_dir = Path(study_dir)
@@ -517,7 +518,7 @@ def write_report(study_dir: Path | str, reports_root: Path | str = "reports",
     atomic_write_text(paths["table_md"], "\n\n".join(p for p in parts if p) + "\n")
     plot_study(frame, axes, paths["plot"], f"{study}\n{description}" if description else study)
     if paper:
-        from bench.compare import write_comparison  # it builds on this module
+        from bench.analysis.compare import write_comparison  # it builds on this module
 
         comparison = write_comparison(study_dir, reports_root, paper, runs=runs)
         paths.update({k: comparison[k] for k in ("comparison_md", "comparison_csv", "comparison_png")})

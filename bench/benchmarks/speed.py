@@ -17,17 +17,17 @@ Step kinds:
                        autocast and the loss scaler themselves (main_pretrain's AMP). It keeps
                        L - round(ratio·L) tokens as our path does (the official int(L·(1-ratio))
                        agrees at 0.75 and can differ by one elsewhere).
-    pretrain_fast      our path (bench.pretrain's step): uint8 batches cut on the device, batched
-                       augmentation (bench.augment), masks from bench.masking, bench.models_mae
+    pretrain_fast      our path (bench.train.pretrain's step): uint8 batches cut on the device, batched
+                       augmentation (bench.data.augment), masks from bench.masking, bench.methods.mae
                        with full_pred=False (the last decoder block, norm and projection only
                        for the masked patches, the only ones the loss reads), fused AdamW; on
-                       a CPU, forward and backward as one sub-batch per thread (bench.pretrain.SplitStep);
+                       a CPU, forward and backward as one sub-batch per thread (bench.train.pretrain.SplitStep);
                        fp32 on the CPU, bf16 autocast on a GPU (--precision).
     pretrain_fast_compiled   the same with torch.compile, unsplit (only with compile=True).
     encoder_forward    the evals' feature extraction: timm ViT on all patches, no grad, eval mode.
     linear_probe_step_cached / _recomputed   one probe step on cached features (augmentation
                        none), and with features recomputed from augmented images.
-    finetune_step      one fine-tuning step (bench.evals.finetune: drop path, layer decay, label
+    finetune_step      one fine-tuning step (bench.train.evals.finetune: drop path, layer decay, label
                        smoothing, crop_rand).
 
 Both pre-training paths build the same model sizes and see the same number of tokens; on the
@@ -58,15 +58,15 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from bench import masking
-from bench.augment import augment, normalize
-from bench.config import MODEL_PRESETS, resolve
-from bench.data import ImageSet, make_synthetic
-from bench.models_mae import build_mae
-from bench.optim import LARS, fused_adamw, layer_decay_groups, weight_decay_groups
-from bench.pretrain import SplitStep
+from bench.data.augment import augment, normalize
+from bench.study.config import MODEL_PRESETS, resolve
+from bench.data.datasets import ImageSet, make_synthetic
+from bench.methods.mae import build_mae
+from bench.train.optim import LARS, fused_adamw, layer_decay_groups, weight_decay_groups
+from bench.train.pretrain import SplitStep
 from bench.targets import build_target
 
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # stats of the synthetic images (bench.data.STATS)
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # stats of the synthetic images (bench.data.datasets.STATS)
 BLR, WEIGHT_DECAY, BETAS = 1.5e-4, 0.05, (0.9, 0.95)
 MIN_WINDOW_S = 0.3  # a cheap kind runs enough steps per window to last this long
 
@@ -90,7 +90,7 @@ def official_sincos_pos_embed(dim: int, grid_size: int, cls_token: bool) -> np.n
 class OfficialMAE(nn.Module):
     """A local re-implementation of the official MAE model (facebookresearch/mae models_mae.py).
 
-    Same parameter names as bench.models_mae, so weights load from one into the other. The
+    Same parameter names as bench.methods.mae, so weights load from one into the other. The
     forward is the official one: masking inside the model (`random_masking`: argsort of noise,
     gather with repeated indices, visible tokens in noise order), mask tokens appended and
     un-shuffled by a gather, the decoder predicting all L patches, the loss over all patches
@@ -307,7 +307,7 @@ def measure(kinds: list[Kind], steps: int, warmup: int, windows: int, min_window
 
 # ============================================================================ the step kinds
 def _images(n: int, channels: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """n uint8 C×size×size images (bench.data's synthetic gratings) and labels."""
+    """n uint8 C×size×size images (bench.data.datasets's synthetic gratings) and labels."""
     images, labels, _ = make_synthetic("train", n=n, size=size)
     images = torch.from_numpy(images)
     if channels != 3:
@@ -401,7 +401,7 @@ def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, ba
                        device: torch.device, state: dict, compile: bool = False, *, fused: bool = True,
                        full_pred: bool = False, data: bool = True, split: bool = True,
                        precision: str = "fp32", name: str | None = None) -> Kind:
-    """bench.pretrain's training step: batched on-device augmentation and masks, masked-only prediction.
+    """bench.train.pretrain's training step: batched on-device augmentation and masks, masked-only prediction.
 
     Ablations: fused=False (the default single-tensor AdamW), full_pred=True
     (the decoder predicting all patches), data=False (one batch augmented once), split=False
@@ -428,7 +428,7 @@ def fast_pretrain_kind(cfg: dict, images: torch.Tensor, labels: torch.Tensor, ba
                                                    device=device))
     fixed = None if data else normalize(augment(batches.next()[0], "crop_rand", img_size, gen),
                                         dataset.mean, dataset.std)
-    # as bench.pretrain: compiled code runs as one part
+    # as bench.train.pretrain: compiled code runs as one part
     split_step = SplitStep(torch.compile(model) if compile else model,
                            SplitStep.parts_for(device, 1) if split and not compile else 1, precision)
 
@@ -471,9 +471,9 @@ def ablation_kinds(cfg, images, labels, batch, ratio, device, workers, state, pr
 
 def eval_kinds(cfg: dict, images: torch.Tensor, labels: torch.Tensor, batch: int, device: torch.device,
                encoder_state: dict) -> list[Kind]:
-    """encoder_forward, linear_probe_step_cached / _recomputed, finetune_step: bench.evals' steps."""
-    from bench.evals import build_vit
-    from bench.optim import scaled_lr
+    """encoder_forward, linear_probe_step_cached / _recomputed, finetune_step: bench.train.evals' steps."""
+    from bench.train.evals import build_vit
+    from bench.train.optim import scaled_lr
 
     img_size, channels = cfg["data"]["img_size"], images.shape[1]
     dataset = ImageSet("synthetic", images, labels, 10)
@@ -666,7 +666,7 @@ def _load_study_stages(spec: dict) -> dict[str, float]:
     import copy
     import itertools
 
-    from bench.config import run_id, set_dotted
+    from bench.study.config import run_id, set_dotted
 
     base = spec["base"]
     axes = [[{k: v} for v in values] for k, values in spec["grid"].items()] + [[{"seed": s} for s in spec["seeds"]]]
@@ -691,7 +691,7 @@ def _load_study_stages(spec: dict) -> dict[str, float]:
 
 
 def _fake_result(config: dict, rid: str, study: str, rng: random.Random) -> dict:
-    """A result.json as bench.run.run_one writes it, with plausible numbers."""
+    """A result.json as bench.launch.job.run_one writes it, with plausible numbers."""
     ratio = config["masking"]["ratio"]
     ft = 80 + 10 * math.sin(3 * ratio) + rng.gauss(0, 0.5)
     lp = 55 + 15 * math.sin(3 * ratio) + rng.gauss(0, 1.0)
@@ -714,8 +714,8 @@ def _fake_result(config: dict, rid: str, study: str, rng: random.Random) -> dict
 
 def _write_report_stages(study_dir: Path, reports_root: Path) -> dict[str, float]:
     """Seconds of each stage of report.write_report, called one after the other as it does."""
-    from bench import report as R
-    from bench.store import atomic_write_text
+    from bench.analysis import report as R
+    from bench.launch.store import atomic_write_text
 
     stages, clock = {}, time.perf_counter
     t = clock()
@@ -742,9 +742,9 @@ def bench_harness(n_runs: int = 10000, tmpdir: str | Path | None = None) -> list
     """
     import yaml
 
-    from bench import report as report_mod
-    from bench import spec as spec_mod
-    from bench import store
+    from bench.analysis import report as report_mod
+    from bench.study import spec as spec_mod
+    from bench.launch import store
 
     tmp_ctx = tempfile.TemporaryDirectory() if tmpdir is None else None
     root = Path(tmp_ctx.name if tmp_ctx else tmpdir)
