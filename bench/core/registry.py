@@ -3,9 +3,13 @@
 evals, datasets, augmentations — has one `Registry` and module-level `register_<thing>`,
 `create_<thing>` and `list_<thing>s` functions built on it; the config validator asks the
 registry which names exist, so adding an entry needs no edit anywhere else.
+
+Entries name their implementation as "module:attribute" (`load`), imported on first use: the
+registries themselves import no torch, so `mimbench plan`, `status` and `--help` stay quick.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Iterator
 
 from bench.core.errors import ConfigError
@@ -53,3 +57,12 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def load(ref: str) -> Any:
+    """The object a "package.module:attribute" reference names (imported on first use)."""
+    module, _, attribute = ref.partition(":")
+    obj = importlib.import_module(module)
+    for part in attribute.split(".") if attribute else ():
+        obj = getattr(obj, part)
+    return obj
