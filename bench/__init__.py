@@ -1,7 +1,9 @@
 """mimbench: reproduce masked-image-modeling ablations from declarative specs.
 
-Modules, one idea each: config (schema, defaults, run id), spec (YAML → runs), masking
-(strategies), targets (what the decoder predicts), models_mae (the model), pretrain, evals,
-data and augment, store (result folders), launch (submitit), report (tables and plots), cli.
+Layers, from the bottom: core (errors, registry shape, atomic files, hashing, patches, cache) ·
+data, masking, methods, targets (registries of datasets, mask strategies, methods, targets) ·
+study (config schema, run id, specs) · train (the pre-training loop, evals) · launch
+(submitit, jobs, the run store) · analysis (tables, statistics, the papers' numbers) ·
+benchmarks · cli. A layer imports only layers below it.
 """
 __version__ = "0.1.0"

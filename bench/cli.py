@@ -212,12 +212,12 @@ def cmd_bench(args) -> int:
     import json
 
     if args.what == "masks":
-        from bench.masking import tools as mask_tools
+        from bench.benchmarks import masks as mask_bench
 
-        rows = mask_tools.bench_masks(args.batch, _grid(args.grid), args.ratio, args.repeats, args.device)
+        rows = mask_bench.bench_masks(args.batch, _grid(args.grid), args.ratio, args.repeats, args.device)
         for row in rows:
             print(json.dumps(_finite(row)))
-        print(mask_tools.format_bench_table(rows))
+        print(mask_bench.format_bench_table(rows))
         return 0
     from bench.benchmarks import speed
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from bench.data.augment import AUGMENTATIONS, augment, normalize, random_resized_boxes
+from bench.data import list_augmentations
+from bench.data.augment import augment, normalize, random_resized_boxes
 
 
 def ramp(n=8, size=28):
@@ -11,7 +12,7 @@ def ramp(n=8, size=28):
     return row.view(1, 1, 1, size).expand(n, 1, size, size).contiguous()
 
 
-@pytest.mark.parametrize("preset", AUGMENTATIONS)
+@pytest.mark.parametrize("preset", list_augmentations())
 def test_shape_range_and_determinism(preset):
     x = torch.randint(0, 256, (16, 3, 28, 28), dtype=torch.uint8)
     a = augment(x, preset, 32, torch.Generator().manual_seed(0))
@@ -61,3 +62,8 @@ def test_normalize():
     y = normalize(x, (0.5, 0.25, 0.0), (1.0, 0.25, 0.5))
     assert torch.allclose(y[:, 0], torch.zeros(1)) and torch.allclose(y[:, 1], torch.ones(1))
     assert torch.allclose(y[:, 2], torch.ones(1))
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="augmentation 'blur' is not one of none, crop_fixed, crop_rand, crop_color"):
+        augment(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), "blur", 4, None)

@@ -77,11 +77,11 @@ def test_periodic_checkpoints_and_resume_after_a_kill(tmp_path, tiny_base):
 
     folder.start(config)
     from bench.train.checkpoint import Checkpointer
-    from bench.data.datasets import load_dataset
+    from bench.data import create_dataset
     import torch
     torch.set_num_threads(1)
     ckpt = Checkpointer(folder.checkpoint_path, every_epochs=1)
-    train = load_dataset(config["data"], "train")
+    train = create_dataset(config["data"], "train")
     with pytest.raises(Killed):
         bench.train.pretrain.pretrain(config, train, torch.device("cpu"), log_then_die, ckpt)
     # the epoch-2 line was logged before its checkpoint: resume keeps only what the checkpoint covers

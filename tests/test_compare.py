@@ -5,12 +5,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import bench.analysis.compare
+import bench.analysis.compare_plot
 from bench.cli import main
-from bench.analysis.compare import FAILS, CANNOT_JUDGE, PASSES, STATED_ONLY, compare, write_comparison
+from bench.analysis.claims import FAILS, CANNOT_JUDGE, PASSES, STATED_ONLY
+from bench.analysis.compare import compare, write_comparison
 from bench.core.errors import ConfigError
+from bench.analysis.frames import runs_frame
 from bench.analysis.papers import load_paper, parse_paper_ref, subtable
-from bench.analysis.report import runs_frame, write_report
+from bench.analysis.report import write_report
 from bench.study.spec import load_study
 from bench.launch.store import RESULT_KEYS, RunFolder, write_study_manifest
 from test_report import add_run
@@ -94,8 +96,8 @@ def sampling_study(root, name, score):
 def test_ordered_like_the_paper(tmp_path, monkeypatch):
     study = sampling_study(tmp_path, "same", lambda ft, lin: (ft + 4.0, lin - 10.0))  # other scale, same order
     figures = []
-    save = bench.analysis.compare._save_png
-    monkeypatch.setattr(bench.analysis.compare, "_save_png", lambda fig, path: (figures.append(fig), save(fig, path)))
+    save = bench.analysis.compare_plot.save_png
+    monkeypatch.setattr(bench.analysis.compare_plot, "save_png", lambda fig, path: (figures.append(fig), save(fig, path)))
     out = write_comparison(study, tmp_path / "reports", "mae:table1f")
     comparison = out["comparison"]
     for metric in ("ft", "lin"):

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bench.core.errors import ConfigError
-from bench.data.datasets import DEBIAN_DATASETS, _read_idx, load_dataset, make_synthetic
+from bench.data import create_dataset, list_augmentations, list_datasets
+from bench.data.datasets import DEBIAN_DATASETS, _read_idx, make_synthetic
 
 HAS_FASHION = (DEBIAN_DATASETS / "fashion-mnist" / "train-images-idx3-ubyte.gz").exists()
 
@@ -29,16 +30,16 @@ def test_fashion_mnist_from_a_data_root(tmp_path):
     for prefix, n in (("train", 12), ("t10k", 5)):
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
-    train = load_dataset({"name": "fashion_mnist", "img_size": 32, "train_limit": 10}, "train", str(tmp_path))
-    test = load_dataset({"name": "fashion_mnist", "img_size": 32}, "test", str(tmp_path))
+    train = create_dataset({"name": "fashion_mnist", "img_size": 32, "train_limit": 10}, "train", str(tmp_path))
+    test = create_dataset({"name": "fashion_mnist", "img_size": 32}, "test", str(tmp_path))
     assert train.images.shape == (10, 1, 28, 28) and train.images.dtype == torch.uint8
     assert len(test) == 5 and train.channels == 1 and train.num_classes == 10
 
 
 @pytest.mark.skipif(not HAS_FASHION, reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist():
-    train = load_dataset({"name": "fashion_mnist", "img_size": 32}, "train")
-    test = load_dataset({"name": "fashion_mnist", "img_size": 32}, "test")
+    train = create_dataset({"name": "fashion_mnist", "img_size": 32}, "train")
+    test = create_dataset({"name": "fashion_mnist", "img_size": 32}, "test")
     assert (len(train), len(test)) == (60000, 10000)
     assert torch.bincount(train.labels).tolist() == [6000] * 10
     assert abs(train.images.float().mean().item() / 255 - train.mean[0]) < 1e-3
@@ -47,7 +48,7 @@ def test_real_fashion_mnist():
 def test_missing_data_is_one_line_naming_where_and_how(tmp_path, monkeypatch):
     monkeypatch.delenv("MIMBENCH_DATA", raising=False)
     with pytest.raises(ConfigError) as err:
-        load_dataset({"name": "cifar10", "img_size": 32}, "train", str(tmp_path / "nowhere"))
+        create_dataset({"name": "cifar10", "img_size": 32}, "train", str(tmp_path / "nowhere"))
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("data.name: cifar10 not found")
     assert str(tmp_path / "nowhere") in msg and "--data-root" in msg
@@ -62,7 +63,7 @@ def test_cifar_pickles(tmp_path):
         with open(folder / name, "wb") as f:
             pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
                          b"labels": list(rng.integers(0, 10, 4))}, f)
-    train = load_dataset({"name": "cifar10", "img_size": 32}, "train", str(tmp_path))
+    train = create_dataset({"name": "cifar10", "img_size": 32}, "train", str(tmp_path))
     assert train.images.shape == (20, 3, 32, 32) and len(train.labels) == 20
 
 
@@ -74,7 +75,7 @@ def test_synthetic_is_deterministic_and_balanced():
 
 
 def test_batches_order_depends_only_on_seed_and_epoch():
-    data = load_dataset({"name": "synthetic", "img_size": 32, "train_limit": 100}, "train")
+    data = create_dataset({"name": "synthetic", "img_size": 32, "train_limit": 100}, "train")
     def labels(seed, epoch):
         return torch.cat([y for _, y in data.batches(32, shuffle=True, seed=seed, epoch=epoch, drop_last=True)])
     assert torch.equal(labels(0, 0), labels(0, 0))
@@ -82,3 +83,22 @@ def test_batches_order_depends_only_on_seed_and_epoch():
     assert len(labels(0, 0)) == 96  # drop_last
     unshuffled = torch.cat([y for _, y in data.batches(32, shuffle=False)])
     assert torch.equal(unshuffled, data.labels)
+
+
+def test_registries_list_datasets_and_augmentations_and_import_no_torch():
+    import subprocess
+    import sys
+    assert list_datasets() == ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+    assert list_augmentations() == ("none", "crop_fixed", "crop_rand", "crop_color")
+    code = "import sys, bench.data; bench.data.list_datasets(); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with pytest.raises(ConfigError, match=r"^data\.name: 'mnist' is not allowed; allowed: one of fashion_mnist, "):
+        create_dataset({"name": "mnist", "img_size": 32}, "train")
+
+
+def test_loading_is_cached_and_imagefolder_reads_val_as_its_test_split(tmp_path, monkeypatch):
+    monkeypatch.delenv("MIMBENCH_DATA", raising=False)
+    config = {"name": "synthetic", "img_size": 32, "train_limit": 50}
+    assert create_dataset(config, "train") is create_dataset(dict(config), "train")
+    with pytest.raises(ConfigError, match=r"^data\.name: imagefolder: no val/ folder under "):
+        create_dataset({"name": "imagefolder", "img_size": 32}, "test", str(tmp_path))

@@ -8,7 +8,7 @@ import torch
 
 from bench.train import evals
 from bench.study.config import resolve
-from bench.data.datasets import load_dataset
+from bench.data import create_dataset
 from bench.train.optim import layer_decay_groups
 from bench.train.pretrain import pretrain
 from bench.launch.job import run_one
@@ -19,7 +19,7 @@ from conftest import TINY_BASE
 def tiny():
     """The tiny synthetic config, its two splits, and an encoder pre-trained on it (2 epochs)."""
     config = resolve(copy.deepcopy(TINY_BASE))
-    train_set, test_set = load_dataset(config["data"], "train"), load_dataset(config["data"], "test")
+    train_set, test_set = create_dataset(config["data"], "train"), create_dataset(config["data"], "test")
     model, _ = pretrain(config, train_set, torch.device("cpu"))
     return config, model.encoder_state_dict(), train_set, test_set
 
@@ -64,7 +64,7 @@ def test_full_finetune_tunes_everything(tiny):
     config, encoder_state, train_set, test_set = tiny
     result = evals.finetune(config, encoder_state, train_set, test_set, "cpu")
     assert result["blocks"] is None
-    vit = evals.build_vit(config, encoder_state, train_set.num_classes, train_set.channels, "avgpool")
+    vit = evals.build_encoder(config, encoder_state, train_set.num_classes, train_set.channels, "avgpool")
     assert result["trainable_params"] == sum(p.numel() for p in vit.parameters())
 
 

@@ -7,7 +7,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from bench import masking
 from bench.methods.mae import MaskedAutoencoderViT, sincos_pos_embed
-from bench.targets import build_target
+from bench.targets import create_target
 
 
 @pytest.fixture
@@ -33,14 +33,14 @@ def test_encoder_sees_only_visible_patches_plus_cls(model):
     x, mask = torch.randn(5, 1, 16, 16), random_mask(5)
     latent, ids_restore = model.forward_encoder(x, mask)
     assert latent.shape == (5, 1 + 4, 32)
-    loss, pred = model(x, mask, build_target("pixel"))
+    loss, pred = model(x, mask, create_target("pixel"))
     assert pred.shape == (5, 16, 16) and loss.ndim == 0
 
 
 def test_loss_ignores_visible_patches(model):
     """Same prediction, targets that differ only on visible patches: the same loss, bit for bit."""
     x, mask = torch.randn(4, 1, 16, 16), random_mask(4)
-    target = build_target("norm_pixel")
+    target = create_target("norm_pixel")
     _, pred = model(x, mask, target)
     t1 = target(model.patchify(x))
     t2 = t1.clone()
@@ -55,14 +55,14 @@ def test_gradient_flows_only_from_masked_patch_predictions(model):
     x, mask = torch.randn(2, 1, 16, 16), random_mask(2)
     latent, ids_restore = model.forward_encoder(x, mask)
     pred = model.forward_decoder(latent, ids_restore).detach().requires_grad_(True)
-    target = build_target("pixel")
+    target = create_target("pixel")
     target.loss(pred, target(model.patchify(x)), mask).backward()
     assert (pred.grad[~mask] == 0).all() and (pred.grad[mask] != 0).any()
 
 
 def test_norm_pixel_target_is_per_patch_standardised():
     patches = torch.randn(2, 5, 12) * 3 + 7
-    t = build_target("norm_pixel")(patches)
+    t = create_target("norm_pixel")(patches)
     assert torch.allclose(t.mean(-1), torch.zeros(2, 5), atol=1e-5)
     assert torch.allclose(t.var(-1), torch.ones(2, 5), atol=1e-3)
 
@@ -96,7 +96,7 @@ def test_mask_token_in_encoder_feeds_all_patches_and_costs_the_papers_flops():
     x, mask = torch.randn(3, 1, 16, 16), random_mask(3)
     latent, ids_restore = with_m.forward_encoder(x, mask)
     assert latent.shape == (3, 1 + 16, 32)  # every patch, masked ones as the token
-    loss, pred = with_m(x, mask, build_target("pixel"))
+    loss, pred = with_m(x, mask, create_target("pixel"))
     loss.backward()
     assert pred.shape == (3, 16, 16) and with_m.encoder_mask_token.grad.abs().sum() > 0
     # the masked patches' pixels never reach the encoder: changing them leaves the latent unchanged

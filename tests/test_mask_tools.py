@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.masking import tools as mask_tools
-
 from bench import masking
+from bench.benchmarks import masks as mask_bench
+from bench.masking.reference import REFERENCES, reference_batch, reference_block, reference_grid
+from bench.masking import tools as mask_tools
 
 GRID = (14, 14)
 
@@ -23,7 +24,7 @@ def one_thread():
 
 
 def need(name):
-    if name not in masking.STRATEGIES:
+    if name not in masking.list_strategies():
         pytest.skip(f"strategy {name!r} is not registered yet")
 
 
@@ -128,32 +129,32 @@ def _elapsed(fn):
 
 
 # ----------------------------------------------------------------------------- references
-@pytest.mark.parametrize("name", sorted(mask_tools.REFERENCES))
+@pytest.mark.parametrize("name", sorted(REFERENCES))
 @pytest.mark.parametrize("grid,ratio", [((14, 14), 0.75), ((7, 10), 0.5), ((5, 5), 0.9), ((3, 3), 0.889)])
 def test_reference_masks_exactly_num_masked(name, grid, ratio):
     need(name)
     if name == "grid":
         ratio = {0.9: 1 - 1 / 9}.get(ratio, ratio)
-    masks = mask_tools.reference_batch(name, 40, grid, ratio, {}, seed=3)
+    masks = reference_batch(name, 40, grid, ratio, {}, seed=3)
     assert masks.shape == (40, grid[0] * grid[1]) and masks.dtype == torch.bool
     assert (masks.sum(1) == masking.num_masked(grid[0] * grid[1], ratio)).all()
 
 
-@pytest.mark.parametrize("name", sorted(mask_tools.REFERENCES))
+@pytest.mark.parametrize("name", sorted(REFERENCES))
 def test_reference_is_deterministic_in_seed(name):
     need(name)
-    a, b = (mask_tools.reference_batch(name, 8, GRID, 0.75, {}, seed=5) for _ in range(2))
+    a, b = (reference_batch(name, 8, GRID, 0.75, {}, seed=5) for _ in range(2))
     assert torch.equal(a, b)
     if name != "grid":
-        assert not torch.equal(a, mask_tools.reference_batch(name, 8, GRID, 0.75, {}, seed=6))
+        assert not torch.equal(a, reference_batch(name, 8, GRID, 0.75, {}, seed=6))
 
 
 def test_reference_grid_is_the_batched_pattern():
     need("grid")
-    assert torch.equal(mask_tools.reference_batch("grid", 4, GRID, 0.75, {}, 0), make("grid", 4))
+    assert torch.equal(reference_batch("grid", 4, GRID, 0.75, {}, 0), make("grid", 4))
     expected = np.ones(GRID, dtype=bool)
     expected[::2, ::2] = False
-    assert (mask_tools.reference_grid(GRID, 0.75, {}, np.random.default_rng(0)) == expected.ravel()).all()
+    assert (reference_grid(GRID, 0.75, {}, np.random.default_rng(0)) == expected.ravel()).all()
 
 
 def test_reference_block_with_fixed_area_and_aspect_is_one_square_anywhere():
@@ -161,7 +162,7 @@ def test_reference_block_with_fixed_area_and_aspect_is_one_square_anywhere():
     rng = np.random.default_rng(0)
     corners = set()
     for _ in range(200):  # area 16, aspect 1: BEiT's first rectangle is a 4x4 square, nothing to top up
-        mask = mask_tools.reference_block((8, 8), 0.25, {"min_patches": 16, "min_aspect": 1.0}, rng).reshape(8, 8)
+        mask = reference_block((8, 8), 0.25, {"min_patches": 16, "min_aspect": 1.0}, rng).reshape(8, 8)
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         assert mask.sum() == 16 and len(rows) == len(cols) == 4 and mask[rows[0]:rows[0] + 4, cols[0]:cols[0] + 4].all()
         corners.add((rows[0], cols[0]))
@@ -173,23 +174,23 @@ def test_references_and_batched_generators_agree_in_distribution(name):
     need(name)
     params = masking.resolve_params(name, {}, 0.75, GRID)
     batched = mask_tools.mask_stats(make(name, 512), GRID)
-    reference = mask_tools.mask_stats(mask_tools.reference_batch(name, 512, GRID, 0.75, params, 0), GRID)
+    reference = mask_tools.mask_stats(reference_batch(name, 512, GRID, 0.75, params, 0), GRID)
     assert reference["regions_mean"] == pytest.approx(batched["regions_mean"], rel=0.25)
     assert reference["region_size_mean"] == pytest.approx(batched["region_size_mean"], rel=0.25)
 
 
 # ----------------------------------------------------------------------------- bench, gallery, command
 def test_bench_masks_rows_have_positive_times():
-    rows = mask_tools.bench_masks(batch=32, repeats=2)
+    rows = mask_bench.bench_masks(batch=32, repeats=2)
     names = [r["strategy"] for r in rows]
-    assert set(mask_tools.REFERENCES) & set(masking.STRATEGIES) <= set(names)
+    assert set(REFERENCES) & set(masking.list_strategies()) <= set(names)
     for row in rows:
         assert row["batched_ms"] > 0
-        if row["strategy"] in mask_tools.REFERENCES:
+        if row["strategy"] in REFERENCES:
             assert row["reference_ms"] > 0 and row["speedup"] == pytest.approx(row["reference_ms"] / row["batched_ms"])
         else:
             assert row["reference_ms"] is None and row["speedup"] is None
-    table = mask_tools.format_bench_table(rows)
+    table = mask_bench.format_bench_table(rows)
     assert table.splitlines()[0] == "| strategy | batched ms | per-sample ms | speed-up |"
     assert len(table.splitlines()) == len(rows) + 2
 
@@ -224,7 +225,7 @@ def test_masks_command_video_and_all(tmp_path):
     video = mask_tools.masks_command("tube", 0.9, (8, 8), 4, 6, {}, 1, True, None)
     assert video["frames"] == 6 and video["frames_identical"] is True
     out = mask_tools.masks_command("all", 0.75, (14, 14), 16, None, {}, 0, True, str(tmp_path / "all.png"))
-    assert set(out["strategies"]) | set(out["skipped"]) == set(masking.STRATEGIES)
+    assert set(out["strategies"]) | set(out["skipped"]) == set(masking.list_strategies())
     assert (tmp_path / "all.png").read_bytes()[:4] == b"\x89PNG"
     odd = mask_tools.masks_command("all", 0.6, (14, 14), 4, None, {}, 0, False, None)
     assert "grid" in odd["skipped"] and "random" in odd["strategies"]

@@ -7,6 +7,10 @@ from hypothesis import strategies as st
 
 from bench import masking
 from bench.core.errors import ConfigError
+from bench.masking import counts
+from bench.masking.block import MAX_BIT_WIDTH, BlockShape, _block_rounds_numpy, _block_rounds_torch
+from bench.masking.ratios import GRID_CELLS
+from bench.masking.walker import _WALK_CHUNK, _walker_steps_numpy, _walker_steps_torch
 
 
 def make(name, batch, grid, ratio, seed=0, **params):
@@ -14,11 +18,11 @@ def make(name, batch, grid, ratio, seed=0, **params):
     return masking.generate(name, batch, grid, ratio, resolved, torch.Generator().manual_seed(seed))
 
 
-GRID_RATIOS = sorted({1 - 1 / (a * b) for a, b in masking.GRID_CELLS})
+GRID_RATIOS = sorted({1 - 1 / (a * b) for a, b in GRID_CELLS})
 
 
 @settings(max_examples=120, deadline=None)
-@given(name=st.sampled_from(sorted(masking.STRATEGIES)), ratio=st.floats(0.05, 0.95),
+@given(name=st.sampled_from(sorted(masking.list_strategies())), ratio=st.floats(0.05, 0.95),
        height=st.integers(2, 16), width=st.integers(2, 16), batch=st.integers(1, 24), seed=st.integers(0, 2**31),
        grid_ratio=st.sampled_from(GRID_RATIOS))
 def test_every_sample_has_exactly_round_ratio_L_masked(name, ratio, height, width, batch, seed, grid_ratio):
@@ -33,7 +37,7 @@ def test_every_sample_has_exactly_round_ratio_L_masked(name, ratio, height, widt
     assert (mask.sum(dim=1) > 0).all() and (mask.sum(dim=1) < length).all()  # never all or nothing
 
 
-@pytest.mark.parametrize("name", sorted(masking.STRATEGIES))
+@pytest.mark.parametrize("name", sorted(masking.list_strategies()))
 def test_same_seed_same_masks_other_seed_other_masks(name):
     a, b, c = make(name, 16, (14, 14), 0.75, 3), make(name, 16, (14, 14), 0.75, 3), make(name, 16, (14, 14), 0.75, 4)
     assert torch.equal(a, b)
@@ -145,18 +149,18 @@ def test_block_numpy_and_torch_rounds_agree_on_the_same_uniforms(grid_hw, ratio,
     # fed the same uniforms per sample and round, they place the same rectangles
     batch = 48
     params = masking.resolve_params("block", {"min_patches": min_patches}, ratio, grid_hw)
-    shape = masking.BlockShape.from_params(params, masking.num_masked(grid_hw[0] * grid_hw[1], ratio))
+    shape = BlockShape.from_params(params, masking.num_masked(grid_hw[0] * grid_hw[1], ratio))
     table = np.random.default_rng(0).random((80, 4, batch, shape.attempts), dtype=np.float32)
     rounds = iter(range(80))
-    numpy_mask = masking._block_rounds_numpy(batch, grid_hw, shape, lambda ids: table[next(rounds)][:, ids])
+    numpy_mask = _block_rounds_numpy(batch, grid_hw, shape, lambda ids: table[next(rounds)][:, ids])
     rounds = iter(range(80))
-    torch_mask = masking._block_rounds_torch(batch, grid_hw, shape, lambda: torch.from_numpy(table[next(rounds)]),
-                                             torch.device("cpu"))
+    torch_mask = _block_rounds_torch(batch, grid_hw, shape, lambda: torch.from_numpy(table[next(rounds)]),
+                                     torch.device("cpu"))
     assert torch.equal(torch.from_numpy(numpy_mask), torch_mask)
     assert (numpy_mask.sum(1) <= shape.target).all() and numpy_mask.sum(1).min() > 0
 
 
-@pytest.mark.parametrize("exact_count", [masking.exact_count, masking._exact_count_torch])
+@pytest.mark.parametrize("exact_count", [masking.exact_count, counts.exact_count_torch])
 def test_exact_count_tops_up_and_trims_keeping_what_it_can(exact_count):
     # the CPU path (NumPy) and the device path (torch, run here on the CPU)
     generator = torch.Generator().manual_seed(0)
@@ -174,7 +178,7 @@ def test_exact_count_tops_up_and_trims_keeping_what_it_can(exact_count):
 
 
 def test_block_on_grids_wider_than_the_bit_rows_takes_the_torch_rounds():
-    assert 20 > masking.MAX_BIT_WIDTH
+    assert 20 > MAX_BIT_WIDTH
     mask = make("block", 16, (6, 20), 0.6)
     assert (mask.sum(1) == masking.num_masked(120, 0.6)).all()
     assert torch.equal(mask, make("block", 16, (6, 20), 0.6))  # same seed, same masks
@@ -187,7 +191,7 @@ def test_walker_numpy_and_torch_steps_agree_on_the_same_draws(grid_hw, ratio, re
     target = masking.num_masked(length, ratio)
     rng = np.random.default_rng(1)
     start = rng.random(batch, dtype=np.float32)
-    move_chunks = rng.random((200, masking._WALK_CHUNK, batch), dtype=np.float32)
+    move_chunks = rng.random((200, _WALK_CHUNK, batch), dtype=np.float32)
     jumps = rng.random((2000, batch, length), dtype=np.float32)
 
     def draws():
@@ -195,10 +199,10 @@ def test_walker_numpy_and_torch_steps_agree_on_the_same_draws(grid_hw, ratio, re
         return (lambda chunk: next(chunks)), jumps_made
 
     moves, jumps_made = draws()
-    numpy_mask = masking._walker_steps_numpy(batch, grid_hw, target, restart_after, start, moves,
-                                             lambda ids: next(jumps_made)[ids])
+    numpy_mask = _walker_steps_numpy(batch, grid_hw, target, restart_after, start, moves,
+                                     lambda ids: next(jumps_made)[ids])
     moves, jumps_made = draws()
-    torch_mask = masking._walker_steps_torch(
+    torch_mask = _walker_steps_torch(
         batch, grid_hw, target, restart_after, torch.from_numpy(start),
         lambda chunk: torch.from_numpy(moves(chunk)), lambda: torch.from_numpy(next(jumps_made)),
         torch.device("cpu"))

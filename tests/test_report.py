@@ -6,8 +6,9 @@ import math
 import pandas as pd
 import pytest
 
-from bench.analysis.report import (format_markdown, plot_study, runs_frame, summary_table, varying_axes,
-                          write_report)
+from bench.analysis.frames import runs_frame, varying_axes
+from bench.analysis.plots import plot_study
+from bench.analysis.report import format_markdown, summary_table, write_report
 from bench.launch.store import RESULT_KEYS, RunFolder
 
 BASE = {

@@ -118,12 +118,15 @@ def test_run_id_changes_with_every_setting_but_not_with_launch(tmp_path, tiny_ba
 
 
 def test_a_key_added_later_keeps_earlier_run_ids_at_its_old_value(tiny_base):
-    """pretrain.precision came after results existed: at fp32 (what runs computed before it) the
-    id is the one a config without the key hashed to, so old folders still count as done."""
+    """pretrain.precision and method came after results existed: at fp32 and mae (what runs
+    computed before them) the id is the one a config without the keys hashed to, so old folders
+    still count as done."""
     resolved = resolve(tiny_base)
     assert resolved["pretrain"]["precision"] == "fp32"  # the resolved config says it
+    assert resolved["method"] == "mae"
     written_before = json.loads(json.dumps(resolved))
     del written_before["pretrain"]["precision"]
+    del written_before["method"]
     old_id = hashlib.sha256(canonical_json(written_before).encode()).hexdigest()[:12]
     assert run_id(resolved) == old_id
     assert run_id(resolve(written_before)) == old_id  # an old stored config resolves to the same id

@@ -1,4 +1,5 @@
-"""bench.benchmarks.speed: the fast path computes what the official-style path computes; the report runs. No timings."""
+"""bench.benchmarks: the fast path computes what the official-style path computes; the speed report and the
+harness benchmark run. No timings."""
 import copy
 import math
 
@@ -7,15 +8,18 @@ import torch
 from torch import nn
 
 from bench import masking
-from bench.study.config import resolve
+from bench.benchmarks.harness import bench_harness, harness_spec
+from bench.benchmarks.official_mae import OfficialMAE, noise_for_mask, official_sincos_pos_embed
+from bench.benchmarks.steps import fast_pretrain_kind, initial_weights, speed_config, speed_report, synthetic_set
+from bench.core.patches import patchify
+from bench.data.augment import augment, normalize
 from bench.data.datasets import ImageSet, make_synthetic
-from bench.train.evals import _inputs, build_vit, extract_features
 from bench.methods.mae import Attention, MaskedAutoencoderViT, sincos_pos_embed
+from bench.study.config import resolve
+from bench.targets import create_target
+from bench.train.evals import build_encoder, extract_features
 from bench.train.optim import LARS
 from bench.train.pretrain import SplitStep
-from bench.benchmarks.speed import (OfficialMAE, bench_harness, harness_spec, noise_for_mask,
-                         official_sincos_pos_embed, speed_report)
-from bench.targets import build_target
 
 DIMS = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
             decoder_embed_dim=16, decoder_depth=2, decoder_num_heads=2)
@@ -42,6 +46,53 @@ def test_official_pos_embed_matches_ours():
         assert torch.allclose(torch.from_numpy(official_sincos_pos_embed(dim, grid, True)).float(), ours, atol=1e-6)
 
 
+def test_official_patchify_is_the_core_patchify():
+    """The official reshape + einsum("nchpwq->nhwpqc") + reshape, which OfficialMAE now takes from bench.core.patches."""
+    imgs = torch.randn(2, 3, 16, 16)
+    x = torch.einsum("nchpwq->nhwpqc", imgs.reshape(2, 3, 4, 4, 4, 4)).reshape(2, 16, 48)
+    assert torch.equal(patchify(imgs, 4), x)
+    assert torch.equal(OfficialMAE(**DIMS).patchify(imgs), x)
+
+
+def test_fast_kind_times_the_real_pretraining_step(monkeypatch):
+    """pretrain_fast and its ablations call bench.train.pretrain.PretrainStep as the loop does (uint8
+    batches, the base lr); each ablation changes the step it calls, not a copy of it."""
+    from bench.train.pretrain import PretrainStep
+    calls = []
+    real = PretrainStep.__call__
+
+    def spy(self, images, lr, gen):
+        calls.append((self, images, lr))
+        return real(self, images, lr, gen)
+
+    monkeypatch.setattr(PretrainStep, "__call__", spy)
+    cpu = torch.device("cpu")
+    cfg = speed_config("mae_vit_tiny_patch4", 16, 8, 0.75, "fp32", TINY)
+    train_set = synthetic_set(32, 3, 16)
+    state, encoder_state = initial_weights(cfg, train_set, cpu)
+    assert set(encoder_state) < set(state) and not any(k.startswith("decoder") for k in encoder_state)
+    predicted = {}
+    for kwargs in ({}, {"fused": False}, {"full_pred": True}, {"split": False}, {"data": False}):
+        calls.clear()
+        kind = fast_pretrain_kind(cfg, train_set, cpu, state, **kwargs)
+        kind.run(1)
+        step, images, lr = calls[0]
+        assert isinstance(step, PretrainStep) and images.dtype == torch.uint8 and images.shape == (8, 3, 16, 16)
+        assert lr == pytest.approx(1.5e-4 * 8 / 256)
+        shapes = []
+        step.model.decoder_pred.register_forward_hook(lambda m, i, out: shapes.append(out.shape[1]))
+        kind.run(2)
+        predicted[tuple(kwargs)] = set(shapes)
+        assert len(calls) == 3 and (kwargs != {"data": False} or calls[1][1] is calls[2][1])  # one fixed batch
+        assert step.cfg["data"]["augmentation"] == ("none" if kwargs == {"data": False} else "crop_rand")
+        assert kind.info["optimizer"] == ("AdamW (default)" if kwargs == {"fused": False} else
+                                          f"AdamW ({'fused' if step.optimizer.defaults.get('fused') else 'foreach'})")
+        assert kind.info["step_parts"] == step.split_step.parts == (1 if kwargs == {"split": False} else
+                                                                    SplitStep.parts_for(cpu, 1))
+        kind.close()
+    assert predicted[("full_pred",)] == {17} and predicted[()] == {12}  # cls + all 16 patches, or the 12 masked
+
+
 @pytest.mark.parametrize("ratio", [0.75, 0.5])
 def test_fast_path_loss_and_gradients_equal_the_official_path(ratio):
     ours, official = models()
@@ -50,7 +101,7 @@ def test_fast_path_loss_and_gradients_equal_the_official_path(ratio):
     loss_off, pred_off, mask_off = official(x, mask_ratio=ratio, noise=noise_for_mask(mask), len_keep=visible)
     assert torch.equal(mask_off.bool(), mask)  # the official masking reproduces our mask
     loss_off.backward()
-    loss, pred = ours(x, mask, build_target("norm_pixel"), full_pred=False)
+    loss, pred = ours(x, mask, create_target("norm_pixel"), full_pred=False)
     loss.backward()
     assert torch.allclose(loss, loss_off, rtol=1e-5, atol=1e-6)
     assert torch.allclose(pred, pred_off[mask].view(len(x), length - visible, -1), atol=1e-5)
@@ -81,7 +132,7 @@ def test_masked_only_prediction_gives_the_same_loss_and_gradients():
     masked = copy.deepcopy(full)
     x, mask = batch(n=5, seed=3)
     for name in ("norm_pixel", "pixel"):
-        target = build_target(name)
+        target = create_target(name)
         full.zero_grad(), masked.zero_grad()
         loss_full, pred_full = full(x, mask, target)
         loss_masked, pred_masked = masked(x, mask, target, full_pred=False)
@@ -105,7 +156,7 @@ def test_split_step_gives_the_batchs_loss_and_gradients(target_name, parts, mask
     whole = MaskedAutoencoderViT(**DIMS, mask_token_in_encoder=mask_token_in_encoder)
     split = copy.deepcopy(whole)
     x, mask = batch(n=7, seed=4)  # 7 does not split evenly: the parts' weights are their shares
-    target = build_target(target_name)
+    target = create_target(target_name)
     loss, _ = whole(x, mask, target, full_pred=False)
     loss.backward()
     step = SplitStep(split, parts)
@@ -129,7 +180,7 @@ def test_bf16_split_step_autocasts_in_every_part_and_stays_near_fp32(parts):
     torch.manual_seed(4)
     model = MaskedAutoencoderViT(**DIMS)
     x, mask = batch(n=6, seed=6)
-    target = build_target("norm_pixel")
+    target = create_target("norm_pixel")
     fp32_loss = SplitStep(copy.deepcopy(model), 1)(x, mask, target)
     dtypes = []
     model.blocks[0].mlp.fc1.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
@@ -143,13 +194,13 @@ def test_bf16_split_step_autocasts_in_every_part_and_stays_near_fp32(parts):
 
 
 def test_pretraining_in_bf16_trains_like_fp32():
-    from bench.data.datasets import load_dataset
+    from bench.data import create_dataset
     from bench.train.pretrain import pretrain
     from conftest import TINY_BASE
     losses = {}
     for precision in ("fp32", "bf16"):
         config = resolve(copy.deepcopy(TINY_BASE) | {"pretrain": dict(TINY_BASE["pretrain"], precision=precision)})
-        _, stats = pretrain(config, load_dataset(config["data"], "train"), torch.device("cpu"))
+        _, stats = pretrain(config, create_dataset(config["data"], "train"), torch.device("cpu"))
         losses[precision] = stats["final_loss"]
     assert math.isfinite(losses["bf16"]) and abs(losses["bf16"] - losses["fp32"]) < 0.05 * losses["fp32"]
 
@@ -158,11 +209,11 @@ def test_pretraining_in_bf16_trains_like_fp32():
 def test_compiled_pretraining_gives_the_eager_losses():
     """launch.compile: torch.compile of the pre-training forward computes the same losses (to
     float tolerance) as eager — the speed bench's pretrain_fast_compiled runs this path."""
-    from bench.data.datasets import load_dataset
+    from bench.data import create_dataset
     from bench.train.pretrain import pretrain
     from conftest import TINY_BASE
     config = resolve(copy.deepcopy(TINY_BASE))
-    train_set = load_dataset(config["data"], "train")
+    train_set = create_dataset(config["data"], "train")
     rows = {True: [], False: []}
     for compiled in (False, True):
         pretrain(config, train_set, torch.device("cpu"), rows[compiled].append, compile=compiled)
@@ -176,7 +227,7 @@ def test_split_step_with_one_part_is_the_plain_backward():
     whole = MaskedAutoencoderViT(**DIMS)
     split = copy.deepcopy(whole)
     x, mask = batch(n=4, seed=5)
-    target = build_target("norm_pixel")
+    target = create_target("norm_pixel")
     loss, _ = whole(x, mask, target, full_pred=False)
     loss.backward()
     assert torch.equal(SplitStep(split, 1)(x, mask, target), loss.detach())
@@ -194,7 +245,7 @@ def test_cached_features_probe_equals_recomputing_them():
     torch.manual_seed(0)
     encoder = {k: v for k, v in MaskedAutoencoderViT(**{**DIMS, "decoder_depth": 1}).state_dict().items()
                if not k.startswith(("decoder_", "mask_token"))}
-    vit = build_vit(cfg, encoder, 10, 3, "cls")
+    vit = build_encoder(cfg, encoder, 10, 3, "cls")
     vit.requires_grad_(False)
     feats, feat_labels = extract_features(vit, train, 16, 40, "cpu")  # batches of 40: a different split
 
@@ -217,8 +268,7 @@ def test_cached_features_probe_equals_recomputing_them():
 
     def recompute(idx):
         with torch.no_grad():
-            return vit.forward_head(vit.forward_features(_inputs(train.images[idx], "none", 16, train, None)),
-                                    pre_logits=True)
+            return vit.features(normalize(augment(train.images[idx], "none", 16, None), train.mean, train.std))
 
     assert torch.equal(feat_labels, train.labels)
     assert torch.allclose(feats, recompute(torch.arange(96)), atol=1e-5)
@@ -246,6 +296,21 @@ def test_speed_report_runs_for_a_tiny_config():
     assert plain["ratio_to_plain"] == 1.0 and fast["ratio_to_plain"] > 0
     assert plain["config"]["visible_tokens"] == fast["config"]["visible_tokens"] == 4  # the same tokens
     assert "ratio_to_recomputed" in rows[3]
+
+
+def test_speed_report_ablations_run_through_the_real_step():
+    rows = speed_report("mae_vit_tiny_patch4", batch=16, steps=1, img_size=16, warmup=1, model_overrides=TINY,
+                        workers=0, min_window_s=0.0, evals=False, ablations=True, precision="bf16")
+    by_kind = {r["kind"]: r["config"] for r in rows}
+    assert list(by_kind) == ["pretrain_plain", "pretrain_fast", "ablation:plain_without_data",
+                             "ablation:fast_without_data", "ablation:fast_default_adamw", "ablation:fast_full_pred",
+                             "ablation:fast_unsplit", "ablation:fast_fp32"]
+    assert all(c["step"].startswith("bench.train.pretrain.PretrainStep")
+               for k, c in by_kind.items() if k.startswith(("pretrain_fast", "ablation:fast")))
+    assert by_kind["ablation:fast_default_adamw"]["optimizer"] == "AdamW (default)"
+    assert by_kind["ablation:fast_full_pred"]["decoder_predicts"] == 16 and by_kind["pretrain_fast"]["decoder_predicts"] == 12
+    assert by_kind["ablation:fast_unsplit"]["step_parts"] == 1
+    assert by_kind["pretrain_fast"]["precision"] == "bf16" and by_kind["ablation:fast_fp32"]["precision"] == "fp32"
 
 
 def test_harness_spec_expands_to_n_runs_and_the_report_is_written(tmp_path):

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from bench.launch.store import RESULT_KEYS, RunFolder, atomic_write_text, load_done_runs, read_result
+from bench.core.files import atomic_write_text
+from bench.launch.store import RESULT_KEYS, RunFolder, load_done_runs, read_result
 
 
 def full_result(run_id="abc"):
@@ -22,7 +23,8 @@ def test_a_run_is_done_only_with_a_complete_result(tmp_path):
     run.write_result(full_result())
     assert run.is_done()
     [loaded] = load_done_runs(tmp_path / "s")
-    assert loaded["config"] == {"seed": 0} and loaded["result"]["finetune_top1"] == 80.0
+    # a stored config reads with the keys added since at their old values (here: method mae)
+    assert loaded["config"] == {"seed": 0, "method": "mae"} and loaded["result"]["finetune_top1"] == 80.0
 
 
 def test_write_result_refuses_an_incomplete_result(tmp_path):

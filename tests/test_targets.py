@@ -10,10 +10,12 @@ from bench import targets
 from bench.data.augment import augment, normalize
 from bench.core.errors import ConfigError
 from bench.study.config import resolve
-from bench.data.datasets import load_dataset
+from bench.data import create_dataset
 from bench.methods.mae import MaskedAutoencoderViT
 from bench.train.pretrain import pretrain
-from bench.targets import build_target, hog_features
+from bench.core.patches import patchify
+from bench.targets import create_target, tokenizer
+from bench.targets.hog import hog_features
 
 # small enough to train in a second: 32 codes, 4096 patches, 6 epochs of 64 steps
 SMALL_TOKENIZER = {"vocab_size": 32, "hidden": 32, "code_dim": 8, "epochs": 6, "batch_size": 64, "fit_patches": 4096}
@@ -24,7 +26,7 @@ def setup(tiny_base, target: str, params: dict | None = None):
     """The resolved tiny config (16 px synthetic images, 4 px patches, 3 channels) and its training set."""
     tiny_base["pretrain"].update(target=target, target_params=params if params is not None else SMALL_PARAMS[target])
     cfg = resolve(tiny_base)
-    return cfg, load_dataset(cfg["data"], "train")
+    return cfg, create_dataset(cfg["data"], "train")
 
 
 def images_of(data_set, cfg, n: int = 8) -> torch.Tensor:
@@ -44,14 +46,14 @@ def tiny_model(cfg, target, channels=3) -> MaskedAutoencoderViT:
 # ----------------------------------------------------------------------------- pca
 def test_pca_basis_is_orthonormal_and_beats_a_random_projection_on_held_out_patches(tiny_base):
     cfg, train_set = setup(tiny_base, "pca")
-    target = build_target("pca", cfg["pretrain"]["target_params"], train_set=train_set, cfg=cfg)
+    target = create_target("pca", cfg["pretrain"]["target_params"], train_set=train_set, cfg=cfg)
     k = 12
     assert target.basis.shape == (48, k) and target.out_dim(48) == k
     assert torch.allclose(target.basis.T @ target.basis, torch.eye(k), atol=1e-5)
-    held_out = images_of(load_dataset(cfg["data"], "test"), cfg, 200)
+    held_out = images_of(create_dataset(cfg["data"], "test"), cfg, 200)
     coded = target.targets(held_out, None)
     assert coded.shape == (200, 16, k)
-    patches = targets.patchify(held_out, 4)
+    patches = patchify(held_out, 4)
     pca_error = ((coded @ target.basis.T + target.mean - patches) ** 2).mean()
     random_basis, _ = torch.linalg.qr(torch.randn(48, k, generator=torch.Generator().manual_seed(0)))
     centred = patches - target.mean
@@ -63,7 +65,7 @@ def test_pca_basis_is_orthonormal_and_beats_a_random_projection_on_held_out_patc
 def test_pca_components_above_the_patch_dimension_is_a_config_error(tiny_base):
     cfg, train_set = setup(tiny_base, "pca", {})  # the paper's 96 > 4·4·3 = 48
     with pytest.raises(ConfigError) as error:
-        build_target("pca", cfg["pretrain"]["target_params"], train_set=train_set, cfg=cfg)
+        create_target("pca", cfg["pretrain"]["target_params"], train_set=train_set, cfg=cfg)
     message = str(error.value)
     assert "\n" not in message and "pretrain.target_params.components" in message and "allowed: 1..48" in message
 
@@ -71,27 +73,27 @@ def test_pca_components_above_the_patch_dimension_is_a_config_error(tiny_base):
 # ----------------------------------------------------------------------------- dvae_token
 def test_tokenizer_is_trained_once_then_loaded_from_the_cache(tiny_base, tmp_path, monkeypatch):
     calls = []
-    train = targets.kinds.train_tokenizer
-    monkeypatch.setattr(targets.kinds, "train_tokenizer", lambda *args: calls.append(1) or train(*args))
+    train = tokenizer.train_tokenizer  # build_dvae_token looks it up in bench.targets.tokenizer
+    monkeypatch.setattr(tokenizer, "train_tokenizer", lambda *args: calls.append(1) or train(*args))
     cfg, train_set = setup(tiny_base, "dvae_token")
     params = cfg["pretrain"]["target_params"]
-    first = build_target("dvae_token", params, train_set=train_set, cfg=cfg, cache_dir=tmp_path)
+    first = create_target("dvae_token", params, train_set=train_set, cfg=cfg, cache_dir=tmp_path)
     entries = list((tmp_path / "targets").glob("*.pt"))
     assert len(calls) == 1 and len(entries) == 1
     assert 0.5 < first.stats["codebook_usage"] <= 1  # the codes are actually used
     assert first.stats["recon_mse"] < 0.75 * first.stats["patch_variance"]  # (k-means on pixels: 0.3)
-    second = build_target("dvae_token", params, train_set=train_set, cfg=cfg, cache_dir=tmp_path)
+    second = create_target("dvae_token", params, train_set=train_set, cfg=cfg, cache_dir=tmp_path)
     assert len(calls) == 1  # loaded, not trained again
     for a, b in zip(first.tokenizer.state_dict().values(), second.tokenizer.state_dict().values()):
         assert torch.equal(a, b)
-    build_target("dvae_token", {**params, "seed": 1}, train_set=train_set, cfg=cfg, cache_dir=tmp_path)
+    create_target("dvae_token", {**params, "seed": 1}, train_set=train_set, cfg=cfg, cache_dir=tmp_path)
     assert len(calls) == 2 and len(list((tmp_path / "targets").glob("*.pt"))) == 2
 
 
 def test_token_ids_and_cross_entropy_only_on_masked_patches(tiny_base):
     cfg, train_set = setup(tiny_base, "dvae_token")
     rng_before = torch.get_rng_state()
-    target = build_target("dvae_token", cfg["pretrain"]["target_params"], train_set=train_set, cfg=cfg)
+    target = create_target("dvae_token", cfg["pretrain"]["target_params"], train_set=train_set, cfg=cfg)
     assert torch.equal(torch.get_rng_state(), rng_before)  # the run's model init does not depend on the cache
     ids = target.targets(images_of(train_set, cfg, 6), None)
     assert ids.shape == (6, 16) and ids.dtype == torch.long
@@ -108,7 +110,7 @@ def test_token_ids_and_cross_entropy_only_on_masked_patches(tiny_base):
 # ----------------------------------------------------------------------------- hog
 def test_hog_dimension_and_its_response_to_flat_images_and_edges(tiny_base):
     cfg, _ = setup(tiny_base, "hog")
-    target = build_target("hog", cfg["pretrain"]["target_params"], cfg=cfg)
+    target = create_target("hog", cfg["pretrain"]["target_params"], cfg=cfg)
     assert target.cell == 2 and target.out_dim(48) == 3 * 2 * 2 * 9  # 4 px patches, 2 px cells, 9 bins
     assert target.targets(torch.randn(2, 3, 16, 16), None).shape == (2, 16, 108)
     assert torch.equal(hog_features(torch.full((2, 3, 16, 16), 0.7), 4, 2, 9), torch.zeros(2, 16, 108))
@@ -126,14 +128,14 @@ def test_hog_dimension_and_its_response_to_flat_images_and_edges(tiny_base):
 def test_hog_cell_must_divide_the_patch(tiny_base):
     cfg, _ = setup(tiny_base, "hog", {"cell": 3})
     with pytest.raises(ConfigError, match=r"pretrain\.target_params\.cell: 3 does not divide .*allowed: null or one of 1, 2, 4"):
-        build_target("hog", cfg["pretrain"]["target_params"], cfg=cfg)
+        create_target("hog", cfg["pretrain"]["target_params"], cfg=cfg)
 
 
 # ----------------------------------------------------------------------------- all new targets
 @pytest.mark.parametrize("name", ["pca", "dvae_token", "hog"])
 def test_full_and_masked_only_prediction_give_the_same_loss(tiny_base, name):
     cfg, train_set = setup(tiny_base, name)
-    target = build_target(name, cfg["pretrain"]["target_params"], train_set=train_set, cfg=cfg)
+    target = create_target(name, cfg["pretrain"]["target_params"], train_set=train_set, cfg=cfg)
     model = tiny_model(cfg, target)
     x = images_of(train_set, cfg, 5)
     mask = masking.generate("random", 5, (4, 4), 0.75, {}, torch.Generator().manual_seed(1))
@@ -183,7 +185,18 @@ def test_bad_params_are_one_line_config_errors_naming_the_key(tiny_base, name, p
 
 
 def test_fitted_targets_need_the_training_set_and_config():
-    assert build_target("pixel").out_dim(48) == 48 and build_target("norm_pixel").out_dim(48) == 48
+    assert create_target("pixel").out_dim(48) == 48 and create_target("norm_pixel").out_dim(48) == 48
     for name in ("pca", "dvae_token", "hog"):
         with pytest.raises(ValueError, match=f"target '{name}' needs"):
-            build_target(name)
+            create_target(name)
+
+
+def test_the_registry_lists_the_targets_and_imports_no_torch():
+    import subprocess
+    import sys
+    code = ("import sys, bench.targets as t; print(t.list_targets(), t.resolve_params('pca', {})); "
+            "assert 'torch' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("('pixel', 'norm_pixel', 'pca', 'dvae_token', 'hog') {'components': 96")
+    with pytest.raises(ConfigError, match=r"^pretrain\.target: 'jpeg' is not allowed; allowed: pixel, norm_pixel, "):
+        targets.resolve_params("jpeg", {})

@@ -1,5 +1,6 @@
 """The one atomic write: a temporary file in the same folder, fsynced, renamed over the target,
 and the folder fsynced — readers see the whole old file or the whole new one, after a crash too.
+Files get the permissions the user's umask gives a new file (group-readable by default).
 Every writer of results, configs, caches, checkpoints, reports and pictures goes through here.
 """
 from __future__ import annotations
@@ -23,12 +24,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path | str, write: Callable[[IO], Any], binary: bool = True) -> None:
     """Call `write(file)` on a temporary file beside `path`, then make it `path` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes files private; results are for colleagues too
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -42,10 +50,6 @@ def atomic_write(path: Path | str, write: Callable[[IO], Any], binary: bool = Tr
 
 def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text), binary=False)
-
-
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_torch_save(path: Path | str, value: Any) -> None:

@@ -1,9 +1,5 @@
-"""Augmentation presets (MAE Table 1e), batched on the device the model runs on.
-
-    none        the whole image, resized to the model's input
-    crop_fixed  a random crop of fixed size (7/8 of the side) + horizontal flip
-    crop_rand   random-resized crop, scale 0.2–1, aspect 3/4–4/3 + horizontal flip (MAE's default)
-    crop_color  crop_rand + color jitter (brightness, contrast, saturation 0.4)
+"""The augmentation presets registered in bench.data (MAE Table 1e), batched on the device the
+model runs on: none, crop_fixed, crop_rand (MAE's default), crop_color.
 
 Each sample's crop is an affine map, so a whole batch is cropped, flipped and resized by one
 `affine_grid` + `grid_sample` (bilinear) — no per-sample Python loop, no CPU data workers.
@@ -16,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-AUGMENTATIONS = ("none", "crop_fixed", "crop_rand", "crop_color")
+from bench.data import is_augmentation, list_augmentations
 
 RRC_SCALE = (0.2, 1.0)     # MAE's RandomResizedCrop(scale=(0.2, 1.0))
 RRC_RATIO = (3 / 4, 4 / 3)
@@ -81,8 +77,8 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def augment(images: torch.Tensor, preset: str, out_size: int, generator: torch.Generator | None) -> torch.Tensor:
     """uint8 B×C×H×W → float B×C×out×out in [0, 1], augmented by `preset`."""
-    if preset not in AUGMENTATIONS:
-        raise ValueError(f"augmentation {preset!r} is not one of {', '.join(AUGMENTATIONS)}")
+    if not is_augmentation(preset):
+        raise ValueError(f"augmentation {preset!r} is not one of {', '.join(list_augmentations())}")
     x = images.float().div_(255)
     if preset == "none":
         if x.shape[-1] == out_size and x.shape[-2] == out_size:

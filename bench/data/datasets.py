@@ -1,10 +1,5 @@
-"""Datasets, read from files already on the machine — nothing is downloaded.
-
-    fashion_mnist  the IDX files (gzipped or not), e.g. Debian's `dataset-fashion-mnist`
-    cifar10        the python-pickle folder `cifar-10-batches-py`
-    cifar100       the python-pickle folder `cifar-100-python`
-    imagefolder    an ImageNet-style tree: <root>/train/<class>/*.JPEG and <root>/val/<class>/...
-    synthetic      10 classes of oriented gratings, generated in memory (for tests)
+"""Dataset loaders, one per dataset registered in bench.data, reading files already on the
+machine — nothing is downloaded.
 
 Small datasets are held in memory as uint8 N×C×H×W tensors and copied once to the device the
 model runs on; batches are cut from them there, in an order that depends only on
@@ -25,32 +20,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from bench.core import registry
 from bench.core.errors import ConfigError
+from bench.data import dataset_entry
 
-# Where each dataset is looked for, under each search root (see `find_root`).
-FOLDER_NAMES = {
-    "fashion_mnist": ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
-    "cifar10": ("cifar-10-batches-py",),
-    "cifar100": ("cifar-100-python",),
-    "imagefolder": ("imagenet",),
-}
-HOW_TO_GET = {
-    "fashion_mnist": "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
-                     "or put the four *-idx?-ubyte[.gz] files in a folder and pass --data-root",
-    "cifar10": "unpack cifar-10-python.tar.gz and pass its folder with --data-root",
-    "cifar100": "unpack cifar-100-python.tar.gz and pass its folder with --data-root",
-    "imagefolder": "pass the folder holding train/ and val/ with --data-root",
-}
 DEBIAN_DATASETS = Path("/usr/share/datasets")
-
-# Per-channel mean and std of the training images, in [0, 1].
-STATS = {
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "synthetic": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-}
 
 
 def batch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -64,7 +38,7 @@ class ImageSet:
 
     def __init__(self, name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int):
         self.name, self.images, self.labels, self.num_classes = name, images, labels, num_classes
-        self.mean, self.std = STATS[name]
+        self.mean, self.std = dataset_entry(name).stats
         self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -111,7 +85,7 @@ class ImageFolderSet:
         self.folder = torchvision.datasets.ImageFolder(str(root), transform=transform)
         self.name, self.load_size, self.workers = "imagefolder", load_size, workers
         self.num_classes = len(self.folder.classes)
-        self.mean, self.std = STATS["imagefolder"]
+        self.mean, self.std = dataset_entry("imagefolder").stats
         self.length = min(limit, len(self.folder)) if limit else len(self.folder)
         self.labels = torch.tensor(self.folder.targets[:self.length])
 
@@ -148,14 +122,14 @@ def search_roots(data_root: str | None) -> list[Path]:
 
 def find_root(name: str, data_root: str | None, marker: str) -> Path:
     """The first folder that holds `marker`: each search root itself, then its standard sub-folders."""
-    tried = []
+    tried, entry = [], dataset_entry(name)
     for root in search_roots(data_root):
-        for folder in [root] + [root / sub for sub in FOLDER_NAMES[name]]:
+        for folder in [root] + [root / sub for sub in entry.folders]:
             tried.append(str(folder))
             if (folder / marker).exists() or (folder / (marker + ".gz")).exists():
                 return folder
     raise ConfigError("data.name", f"{name} not found (looked for {marker} in {', '.join(tried)}); "
-                                   f"{HOW_TO_GET[name]}")
+                                   f"{entry.how_to_get}")
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -174,20 +148,28 @@ def _idx_file(folder: Path, stem: str) -> Path:
     return plain if plain.exists() else folder / (stem + ".gz")
 
 
-def load_fashion_mnist(split: str, data_root: str | None) -> tuple[np.ndarray, np.ndarray, int]:
+def in_memory(name: str, images: np.ndarray, labels: np.ndarray, classes: int, limit: int | None) -> ImageSet:
+    """The first `limit` (all if None) of `images`/`labels` as an in-memory ImageSet."""
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return ImageSet(name, torch.from_numpy(np.array(images, dtype=np.uint8)),
+                    torch.from_numpy(np.asarray(labels, dtype=np.int64)), classes)
+
+
+# ----------------------------------------------------------------------------- the loaders
+# Each is registered in bench.data and called as (name, split, data_root, limit=, load_size=),
+# `split` being the name on disk ('train', or the entry's test_split).
+def load_fashion_mnist(name: str, split: str, data_root: str | None, *, limit: int | None,
+                       load_size: int) -> ImageSet:
     prefix = "train" if split == "train" else "t10k"
-    folder = find_root("fashion_mnist", data_root, f"{prefix}-images-idx3-ubyte")
+    folder = find_root(name, data_root, f"{prefix}-images-idx3-ubyte")
     images = _read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))[:, None]
     labels = _read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
-    return images, labels, 10
+    return in_memory(name, images, labels, 10, limit)
 
 
-def load_cifar(name: str, split: str, data_root: str | None) -> tuple[np.ndarray, np.ndarray, int]:
-    if name == "cifar10":
-        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-        label_key, classes = b"labels", 10
-    else:
-        files, label_key, classes = (["train"] if split == "train" else ["test"]), b"fine_labels", 100
+def _read_cifar(name: str, files: list[str], label_key: bytes, classes: int, data_root: str | None,
+                limit: int | None) -> ImageSet:
     folder = find_root(name, data_root, files[0])
     images, labels = [], []
     for file in files:
@@ -195,7 +177,32 @@ def load_cifar(name: str, split: str, data_root: str | None) -> tuple[np.ndarray
             entry = pickle.load(f, encoding="bytes")
         images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.extend(entry[label_key])
-    return np.concatenate(images), np.asarray(labels), classes
+    return in_memory(name, np.concatenate(images), np.asarray(labels), classes, limit)
+
+
+def load_cifar10(name: str, split: str, data_root: str | None, *, limit: int | None, load_size: int) -> ImageSet:
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    return _read_cifar(name, files, b"labels", 10, data_root, limit)
+
+
+def load_cifar100(name: str, split: str, data_root: str | None, *, limit: int | None, load_size: int) -> ImageSet:
+    files = ["train"] if split == "train" else ["test"]
+    return _read_cifar(name, files, b"fine_labels", 100, data_root, limit)
+
+
+def load_imagefolder(name: str, split: str, data_root: str | None, *, limit: int | None,
+                     load_size: int) -> ImageFolderSet:
+    roots, entry = search_roots(data_root), dataset_entry(name)
+    folder = next((r / sub / split for r in roots for sub in ("", *entry.folders) if (r / sub / split).is_dir()),
+                  None)
+    if folder is None:
+        raise ConfigError("data.name", f"imagefolder: no {split}/ folder under "
+                                       f"{', '.join(map(str, roots))}; {entry.how_to_get}")
+    return ImageFolderSet(folder, split, load_size, limit)
+
+
+def load_synthetic(name: str, split: str, data_root: str | None, *, limit: int | None, load_size: int) -> ImageSet:
+    return in_memory(name, *make_synthetic(split), limit)
 
 
 def make_synthetic(split: str, n: int | None = None, size: int = 32) -> tuple[np.ndarray, np.ndarray, int]:
@@ -217,36 +224,7 @@ def make_synthetic(split: str, n: int | None = None, size: int = 32) -> tuple[np
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(name: str, split: str, data_root: str | None, limit: int | None,
-                 load_size: int) -> ImageSet | ImageFolderSet:
-    if name == "imagefolder":
-        roots = search_roots(data_root)
-        folder = next((r / sub / split for r in roots for sub in ("", *FOLDER_NAMES[name])
-                       if (r / sub / split).is_dir()), None)
-        if folder is None:
-            raise ConfigError("data.name", f"imagefolder: no {split}/ folder under "
-                                           f"{', '.join(map(str, roots))}; {HOW_TO_GET[name]}")
-        return ImageFolderSet(folder, split, load_size, limit)
-    if name == "fashion_mnist":
-        images, labels, classes = load_fashion_mnist(split, data_root)
-    elif name in ("cifar10", "cifar100"):
-        images, labels, classes = load_cifar(name, split, data_root)
-    elif name == "synthetic":
-        images, labels, classes = make_synthetic(split)
-    else:
-        raise ConfigError("data.name", f"{name!r} is not allowed; allowed: one of {', '.join(DATASETS)}")
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    return ImageSet(name, torch.from_numpy(np.array(images, dtype=np.uint8)),
-                    torch.from_numpy(np.asarray(labels, dtype=np.int64)), classes)
-
-
-def load_dataset(data_cfg: dict, split: str, data_root: str | None = None) -> ImageSet | ImageFolderSet:
-    """The `split` ('train' or 'test') of the dataset in the run config's `data` section."""
-    limit = data_cfg.get("train_limit") if split == "train" else data_cfg.get("test_limit")
-    split_name = split if data_cfg["name"] != "imagefolder" else ("train" if split == "train" else "val")
-    load_size = round(data_cfg["img_size"] * 8 / 7)  # ImageNet's 256 for 224 px crops
-    return _load_cached(data_cfg["name"], split_name, data_root, limit, load_size)
-
-
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+def load_cached(name: str, split: str, data_root: str | None, limit: int | None,
+                load_size: int) -> ImageSet | ImageFolderSet:
+    """The registered loader's data set, loaded once per argument set (bench.data.create_dataset)."""
+    return registry.load(dataset_entry(name).load)(name, split, data_root, limit=limit, load_size=load_size)

@@ -1,1 +1,2 @@
-"""TODO"""
+"""Where a run becomes a job: submitit (launcher.py), what a job executes (job.py), the run
+store (store.py: one folder per run, written atomically) and per-run status (status.py)."""

@@ -18,15 +18,15 @@ import timm
 import torch
 
 from bench.core import cache
-
-from bench.train import distributed
-from bench.train.checkpoint import Checkpointer, Preempted
+from bench.data import create_dataset
+from bench.launch.store import RunFolder
+from bench.methods import create_method
 from bench.study.config import resolve
 from bench.study.config import run_id as config_run_id
-from bench.data.datasets import load_dataset
-from bench.train.evals import EVALS
+from bench.train import distributed
+from bench.train.checkpoint import Checkpointer, Preempted
+from bench.train.evals import create_eval, list_evals
 from bench.train.pretrain import pretrain
-from bench.launch.store import RunFolder
 
 
 def pretrain_config(config: dict) -> dict:
@@ -88,7 +88,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
         if catch_preemption:
             checkpointer.install()
         if (saved is None or saved["phase"] == "pretrain") and not encoder_path.exists():
-            pretrain(config, load_dataset(config["data"], "train", launch.get("data_root")), device,
+            pretrain(config, create_dataset(config["data"], "train", launch.get("data_root")), device,
                      checkpointer=checkpointer, cache_dir=cache_dir)
         return {"run_id": rid, "status": "done", "rank": rank.rank}
     if saved is None:
@@ -102,8 +102,8 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
         device = pick_device(launch.get("device", "auto"), rank.local_rank)
         start = time.perf_counter()
         data_root = launch.get("data_root")
-        train_set = load_dataset(config["data"], "train", data_root)
-        test_set = load_dataset(config["data"], "test", data_root)
+        train_set = create_dataset(config["data"], "train", data_root)
+        test_set = create_dataset(config["data"], "test", data_root)
         log = folder.log_metrics
         if saved is not None and saved["phase"] == "evals":  # pre-training had finished
             encoder_state, stats, n_params = saved["encoder"], saved["stats"], saved["n_params"]
@@ -116,7 +116,8 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
                 model, stats = pretrain(config, train_set, device, lambda row: (rows.append(row), log(row)),
                                         checkpointer, cache_dir=cache_dir, compile=launch.get("compile", False))
                 built.append(True)
-                return {"encoder": model.encoder_state_dict(), "stats": stats, "run_id": rid, "study": study,
+                return {"encoder": create_method(config["method"]).encoder_state(model), "stats": stats,
+                        "run_id": rid, "study": study,
                         "n_params": sum(p.numel() for p in model.parameters()), "metrics": rows}
             if rank.world > 1:  # every rank trains together; the cache cannot make some of them wait
                 entry = cache.load(encoder_path)
@@ -138,9 +139,9 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
         checkpointer.defer = False  # the evals restart from the encoder if interrupted
         n_params_encoder = sum(v.numel() for k, v in encoder_state.items() if k != "pos_embed")
         evals = {}
-        for name, evaluate in EVALS.items():
+        for name in list_evals():
             if config["evals"][name]["enabled"]:
-                evals[name] = evaluate(config, encoder_state, train_set, test_set, device, log)
+                evals[name] = create_eval(name)(config, encoder_state, train_set, test_set, device, log)
         result = {
             "run_id": rid,
             "study": study,

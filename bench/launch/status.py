@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.launch.store import RunFolder, atomic_write_text, iter_runs
+from bench.core.files import atomic_write_text
+from bench.launch.store import RunFolder, iter_runs
 
 JOB_FILE = "job.json"
 LIVE_STATES = {"PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",

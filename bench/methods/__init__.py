@@ -1,1 +1,87 @@
-"""TODO"""
+"""Pre-training methods: one registry, one file per method.
+
+A method is a class in `bench/methods/<name>.py` that supplies, for a resolved run config:
+
+    build_model(cfg, in_chans, target)   the pre-training model; its forward(imgs, mask, target,
+                                         full_pred=False) returns (loss, prediction), the loss on the
+                                         masked patches (the target scores them: bench.targets)
+    mask_grid(cfg)                       the (height, width) grid its masks are drawn on
+    encoder_state(model)                 the weights the evals start from
+    eval_encoder(cfg, state, num_classes, in_chans, feature, drop_path)
+                                         a classifier over that encoder with the evals' interface
+                                         (bench.train.evals.EvalEncoder: features, logits, layer ids)
+    flops_per_image(model, ratio)        forward FLOPs of one pre-training image, by part
+
+Its recipe (the paper's defaults and small profiles) is `ablations/<name>/_recipe.yaml`; its
+paper's numbers are `bench/papers/<paper>.yaml`. Model presets (sizes) are registered here with
+the method they belong to. This module imports no torch: the method's file is loaded on
+first use (`create_method`), so planning a study stays quick.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bench.core.errors import ConfigError
+from bench.core.registry import Registry, load
+
+_METHODS = Registry("method", "method")
+_PRESETS = Registry("model preset", "model.preset")
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    impl: str          # "module:Class" of the method
+    paper: str | None  # bench/papers/<paper>.yaml
+    doc: str = ""
+
+
+def register_method(name: str, impl: str, paper: str | None = None, doc: str = "") -> MethodEntry:
+    return _METHODS.add(name, MethodEntry(name, impl, paper, doc))
+
+
+def list_methods() -> tuple[str, ...]:
+    return _METHODS.names()
+
+
+def create_method(name: str) -> Any:
+    """An instance of the method `name` (its file imported now)."""
+    return load(_METHODS.get(name).impl)()
+
+
+def register_preset(name: str, method: str, **numbers) -> dict:
+    """A model size of `method`: the numbers fill the run config's model section."""
+    return _PRESETS.add(name, {"method": method, **numbers})
+
+
+def list_presets(method: str | None = None) -> tuple[str, ...]:
+    return tuple(n for n, p in _PRESETS.items() if method is None or p["method"] == method)
+
+
+def preset(name: str, method: str | None = None) -> dict:
+    """The preset's numbers (without its method); an error when it belongs to another method."""
+    numbers = dict(_PRESETS.get(name))
+    owner = numbers.pop("method")
+    if method is not None and owner != method:
+        raise ConfigError("model.preset", f"{name!r} is a {owner} preset; allowed with method {method}: "
+                          f"{', '.join(list_presets(method))}")
+    return numbers
+
+
+# ----------------------------------------------------------------------------- MAE
+register_method("mae", "bench.methods.mae:MAE", paper="mae",
+                doc="MAE (He et al. 2022): visible patches only through the encoder, a light decoder")
+# Small images (Fashion-MNIST, CIFAR) on a CPU: 8x8 patches of 4 px at 32 px input.
+register_preset("mae_vit_tiny_patch4", "mae", patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0,
+                decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=3)
+# The CIFAR-sized ViT used for speed comparisons with the official code.
+register_preset("mae_vit_small_patch4", "mae", patch_size=4, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0,
+                decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4)
+# The paper's sizes (MAE section 4), with its 512-wide, 8-deep decoder.
+register_preset("mae_vit_base_patch16", "mae", patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
+                decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
+register_preset("mae_vit_large_patch16", "mae", patch_size=16, embed_dim=1024, depth=24, num_heads=16,
+                mlp_ratio=4.0, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
+register_preset("mae_vit_huge_patch14", "mae", patch_size=14, embed_dim=1280, depth=32, num_heads=16,
+                mlp_ratio=4.0, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)

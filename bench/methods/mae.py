@@ -12,6 +12,9 @@ mask tokens of its own. `flops_per_image()` counts what either variant costs.
 
 `forward(..., full_pred=False)` computes only what the loss reads — the masked patches'
 predictions — for the same loss and gradients with less work (see forward_decoder).
+
+`MAE` at the bottom is the method as the registry (bench.methods) hands it out: the model
+builder, the mask grid, the encoder the evals start from.
 """
 from __future__ import annotations
 
@@ -19,11 +22,13 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Attention as TimmAttention
 from timm.models.vision_transformer import Block
 from torch import nn
+
+from bench.core.patches import patchify, unpatchify
+from bench.methods.vit import ViTEncoder
 
 
 def sincos_pos_embed(dim: int, grid: int, cls_token: bool) -> torch.Tensor:
@@ -139,12 +144,10 @@ class MaskedAutoencoderViT(nn.Module):
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """B×C×H×W → B×L×(p·p·C), patches in row-major order (MAE's layout)."""
-        p = self.patch_size
-        return rearrange(imgs, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
+        return patchify(imgs, self.patch_size)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.patch_size
-        return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=self.grid, p=p, q=p)
+        return unpatchify(x, self.patch_size, self.patch_embed.proj.in_channels)
 
     def forward_encoder(self, imgs: torch.Tensor, mask: torch.Tensor):
         """Encode the visible patches only. Returns latent (B×(1+V)×D) and ids_restore (B×L).
@@ -243,3 +246,27 @@ def build_mae(model_cfg: dict, img_size: int, in_chans: int, target_dim: int | N
     return MaskedAutoencoderViT(img_size=img_size, in_chans=in_chans, target_dim=target_dim,
                                 mask_token_in_encoder=model_cfg.get("mask_token_in_encoder", False),
                                 **{k: model_cfg[k] for k in keys})
+
+
+class MAE:
+    """MAE as a mimbench method: the model above, masks on its patch grid, timm's ViT for the evals."""
+
+    name = "mae"
+
+    def build_model(self, cfg: dict, in_chans: int, target) -> MaskedAutoencoderViT:
+        patch_dim = cfg["model"]["patch_size"] ** 2 * in_chans
+        return build_mae(cfg["model"], cfg["data"]["img_size"], in_chans, target.out_dim(patch_dim))
+
+    def mask_grid(self, cfg: dict) -> tuple[int, int]:
+        side = cfg["data"]["img_size"] // cfg["model"]["patch_size"]
+        return side, side
+
+    def encoder_state(self, model: MaskedAutoencoderViT) -> dict[str, torch.Tensor]:
+        return model.encoder_state_dict()
+
+    def eval_encoder(self, cfg: dict, encoder_state: dict, num_classes: int, in_chans: int, feature: str,
+                     drop_path: float = 0.0) -> ViTEncoder:
+        return ViTEncoder.from_state(cfg, encoder_state, num_classes, in_chans, feature, drop_path)
+
+    def flops_per_image(self, model: MaskedAutoencoderViT, ratio: float) -> dict[str, float]:
+        return model.flops_per_image(ratio)

@@ -1,7 +1,7 @@
-"""Run configuration: the schema with the papers' defaults, model presets, validation, run id.
+"""Run configuration: the schema with the papers' defaults, validation, run id.
 
 A run config is a nested dict with the sections `data`, `model`, `masking`, `pretrain`,
-`evals` and a `seed`. `resolve()` validates a partial config and fills in every key — the
+`evals`, a `method` and a `seed`. `resolve()` validates a partial config and fills in every key — the
 model preset's numbers and the masking strategy's parameters included — so the resolved
 config alone says everything a run depends on. `run_id()` hashes it: a changed default
 changes the id, because the hash covers values, not overrides. A key added after results
@@ -20,38 +20,12 @@ from typing import Any, Callable
 from bench.core.errors import ConfigError
 from bench.core.hashing import canonical_json, digest
 from bench.core.options import Option
-
-
-# ----------------------------------------------------------------------------- model presets
-# The encoder is a ViT (patch, width, depth, heads); the decoder is MAE's lightweight one.
-MODEL_PRESETS: dict[str, dict] = {
-    # Small images (Fashion-MNIST, CIFAR) on a CPU: 8x8 patches of 4 px at 32 px input.
-    "mae_vit_tiny_patch4": dict(patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0,
-                                decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=3),
-    # The CIFAR-sized ViT used for speed comparisons with the official code.
-    "mae_vit_small_patch4": dict(patch_size=4, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0,
-                                 decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4),
-    # The paper's sizes (MAE section 4), with its 512-wide, 8-deep decoder.
-    "mae_vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0,
-                                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
-    "mae_vit_large_patch16": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4.0,
-                                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
-    "mae_vit_huge_patch14": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16, mlp_ratio=4.0,
-                                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
-}
-
-
-def _registry(module: str, name: str) -> Callable[[], dict]:
-    """Choices read lazily from a registry module (avoids import cycles): the registry itself,
-    so what is registered later is allowed too."""
-    imported = []
-
-    def names() -> dict:
-        if not imported:
-            import importlib
-            imported.append(importlib.import_module(module))
-        return getattr(imported[0], name)
-    return names
+from bench import masking, targets
+from bench.data import list_augmentations, list_datasets
+from bench.masking import list_strategies
+from bench.methods import list_methods, list_presets
+from bench.methods import preset as preset_numbers
+from bench.targets import list_targets
 
 
 _MODEL_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
@@ -59,17 +33,18 @@ _MODEL_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
 
 # ----------------------------------------------------------------------------- the schema
 SCHEMA: dict = {
+    "method": Option("mae", str, choices=list_methods, help="the pre-training method (bench.methods)"),
     "seed": Option(0, int, low=0, help="seeds weights, data order, augmentation and masks"),
     "data": {
-        "name": Option("fashion_mnist", str, choices=_registry("bench.data.datasets", "DATASETS")),
+        "name": Option("fashion_mnist", str, choices=list_datasets),
         "img_size": Option(32, int, low=8, help="side of the model's input, in pixels"),
         "train_limit": Option(None, int, low=1, nullable=True, help="use the first N training images"),
         "test_limit": Option(None, int, low=1, nullable=True, help="use the first N held-out images"),
-        "augmentation": Option("crop_rand", str, choices=_registry("bench.data.augment", "AUGMENTATIONS"),
+        "augmentation": Option("crop_rand", str, choices=list_augmentations,
                                help="pretraining augmentation (MAE Table 1e)"),
     },
     "model": {
-        "preset": Option("mae_vit_tiny_patch4", str, choices=tuple(MODEL_PRESETS)),
+        "preset": Option("mae_vit_tiny_patch4", str, choices=list_presets),
         "patch_size": Option(None, int, low=1, nullable=True),
         "embed_dim": Option(None, int, low=1, nullable=True),
         "depth": Option(None, int, low=1, nullable=True),
@@ -82,7 +57,7 @@ SCHEMA: dict = {
                                                           "the masked ones replaced by a learned mask token"),
     },
     "masking": {
-        "strategy": Option("random", str, choices=_registry("bench.masking", "STRATEGIES")),
+        "strategy": Option("random", str, choices=list_strategies),
         "ratio": Option(0.75, float, low=0.0, high=1.0, open_interval=True),
         "params": Option({}, dict, help="the strategy's own parameters; defaults filled in"),
     },
@@ -95,7 +70,7 @@ SCHEMA: dict = {
         "weight_decay": Option(0.05, float, low=0.0),
         "beta1": Option(0.9, float, low=0.0, high=1.0),
         "beta2": Option(0.95, float, low=0.0, high=1.0),
-        "target": Option("norm_pixel", str, choices=_registry("bench.targets", "TARGETS"),
+        "target": Option("norm_pixel", str, choices=list_targets,
                          help="what the decoder predicts for a masked patch (MAE Table 1d)"),
         "target_params": Option({}, dict, help="the target's own parameters; defaults filled in"),
         "precision": Option("fp32", str, choices=("fp32", "bf16"),
@@ -113,7 +88,7 @@ SCHEMA: dict = {
             "weight_decay": Option(0.0, float, low=0.0),
             "feature": Option("cls", str, choices=("cls", "avgpool"),
                               help="which encoder output the probe reads"),
-            "augmentation": Option("crop_rand", str, choices=_registry("bench.data.augment", "AUGMENTATIONS"),
+            "augmentation": Option("crop_rand", str, choices=list_augmentations,
                                    help="'none' lets the probe train on features computed once"),
         },
         "finetune": {  # MAE Table 9: AdamW, blr 1e-3, layer-wise lr decay 0.75
@@ -128,7 +103,7 @@ SCHEMA: dict = {
             "drop_path": Option(0.1, float, low=0.0, high=1.0),
             "label_smoothing": Option(0.1, float, low=0.0, high=1.0),
             "feature": Option("avgpool", str, choices=("cls", "avgpool")),
-            "augmentation": Option("crop_rand", str, choices=_registry("bench.data.augment", "AUGMENTATIONS")),
+            "augmentation": Option("crop_rand", str, choices=list_augmentations),
             "blocks": Option(None, float, low=0.0, nullable=True,
                              help="partial fine-tuning (MAE Fig. 9): tune only the last k blocks (0.5 = the MLP "
                                   "half of the last block; 0 = the head alone); null = all blocks"),
@@ -196,7 +171,7 @@ def resolve(partial: dict | None) -> dict:
     """Validate a (partial) run config and return the complete resolved config."""
     cfg = _check_tree(partial or {}, SCHEMA, "")
     model = cfg["model"]
-    preset = MODEL_PRESETS[model["preset"]]
+    preset = preset_numbers(model["preset"], cfg["method"])
     for key in _MODEL_KEYS:
         if model[key] is None:
             model[key] = preset[key]
@@ -207,11 +182,9 @@ def resolve(partial: dict | None) -> dict:
     for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
         if model[width] % model[heads]:
             raise ConfigError(f"model.{heads}", f"{model[heads]} does not divide model.{width} {model[width]}")
-    from bench import masking  # registry of strategies validates its own parameters
     grid = cfg["data"]["img_size"] // model["patch_size"]
     cfg["masking"]["params"] = masking.resolve_params(
         cfg["masking"]["strategy"], cfg["masking"]["params"], cfg["masking"]["ratio"], (grid, grid))
-    from bench import targets  # likewise the registry of targets
     cfg["pretrain"]["target_params"] = targets.resolve_params(cfg["pretrain"]["target"], cfg["pretrain"]["target_params"])
     blocks = cfg["evals"]["finetune"]["blocks"]
     if blocks is not None and blocks != 0.5 and (blocks != int(blocks) or blocks > model["depth"]):
@@ -242,8 +215,9 @@ ADDED_LATER = {
     "evals.finetune.blocks": None,
     "evals.knn": {"enabled": False, "k": 20, "temperature": 0.07, "feature": "cls"},
     "pretrain.precision": "fp32",
+    "method": "mae",
 }
-HASH_EXEMPT = ("pretrain.precision",)
+HASH_EXEMPT = ("pretrain.precision", "method")
 
 
 def _edit_at(cfg: dict, dotted: str, edit: Callable[[dict, str], bool]) -> dict:
@@ -292,18 +266,6 @@ def with_added_later(cfg: dict) -> dict:
 def run_id(cfg: dict) -> str:
     """12 hex digits of the SHA-256 of the resolved config (key order does not matter)."""
     return digest(hashed_part(cfg))
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1}; the strategy's params dict is flattened too."""
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}.{k}" if prefix else k
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
 
 
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:

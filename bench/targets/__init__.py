@@ -1,2 +1,122 @@
-"""Reconstruction targets: what a method predicts for a masked patch. One registry (see kinds.py)."""
-from bench.targets.kinds import TARGETS, build_target, hog_features, patchify, resolve_params, train_tokenizer  # noqa: F401
+"""Reconstruction targets: one registry of what a method predicts for each masked patch.
+
+    pixel       the (normalised) pixels of the patch, MSE (MAE Table 1d "pixel w/o norm")
+    norm_pixel  the pixels normalised by the patch's own mean and std (MAE's norm_pix_loss)
+    pca         the patch projected on the top `components` principal components of the training
+                patches (MAE Table 1d "PCA": 96 of them), MSE
+    dvae_token  the id of the patch's code in a small per-patch VQ-VAE trained on the training set
+                (MAE Table 1d "dVAE token", BEiT's target), cross-entropy over `vocab_size` ids
+    hog         MaskFeat's histograms of oriented gradients: per patch, `bins` unsigned
+                orientations summed over cells of `cell` px, one set per channel, L2-normalised; MSE
+
+A target turns the normalised images the model sees (B×C×H×W) into per-patch targets with
+`targets(imgs, model)` — B×L×D floats, or B×L token ids — and scores the decoder's prediction
+on the masked patches only with `loss(pred, targets, mask)`; `out_dim(patch_dim)` is the width
+of the decoder's head. pca and dvae_token are fitted once on the normalised, un-augmented
+training images and kept in the shared cache (bench.core.cache, kind "targets") under a digest of
+everything the fit depends on (bench.targets.fit), so runs that differ elsewhere reuse them.
+
+This module imports no torch: each entry names its builder as "module:function" (pixels.py,
+pca.py, tokenizer.py, hog.py), imported by `create_target` on first use.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from bench.core.errors import ConfigError
+from bench.core.options import Option
+from bench.core.registry import Registry, load
+
+
+@dataclass(frozen=True)
+class TargetEntry:
+    """A registered target: its builder, its parameters and what building it takes."""
+
+    build: str  # "module:function", called as (params, train_set, cfg, cache_dir, device) -> target
+    params: dict = field(default_factory=dict)  # name -> Option (default, type, range)
+    needs: tuple = ()  # of "train_set", "cfg": what build must be given
+    check: Callable[[dict], None] | None = None  # a cross-parameter check on the resolved params
+    doc: str = ""
+
+
+_targets = Registry("target", "pretrain.target")
+
+
+def register_target(name: str, build: str, params: dict | None = None, needs: tuple = (),
+                    check: Callable[[dict], None] | None = None, doc: str = "") -> TargetEntry:
+    """File the target `name`, built by the "module:function" `build`."""
+    return _targets.add(name, TargetEntry(build, dict(params or {}), tuple(needs), check, doc))
+
+
+def list_targets() -> tuple[str, ...]:
+    return _targets.names()
+
+
+def resolve_params(name: str, params: dict) -> dict:
+    """The target's parameters with defaults filled in (raises one-line ConfigError naming the key)."""
+    entry = _targets.get(name)
+    if not isinstance(params or {}, dict):
+        raise ConfigError("pretrain.target_params", f"{params!r} has the wrong type; allowed: a mapping")
+    options = entry.params
+    for key in params or {}:
+        if key not in options:
+            raise ConfigError(f"pretrain.target_params.{key}",
+                              f"unknown parameter of target {name!r}; allowed: {', '.join(options) or 'none'}")
+    out = {key: option.check(f"pretrain.target_params.{key}", (params or {}).get(key, option.default))
+           for key, option in options.items()}
+    if entry.check is not None:
+        entry.check(out)
+    return out
+
+
+def create_target(name: str, params: dict | None = None, *, train_set=None, cfg: dict | None = None,
+                  cache_dir=None, device="cpu"):
+    """The target `name` with `params` (defaults filled in). pca and dvae_token are fitted on
+    `train_set` as `cfg` (the resolved run config) sees it, cached under `cache_dir` (None: fitted
+    anew); hog reads the patch size from `cfg`; the pixel targets need nothing else."""
+    import torch
+
+    params = resolve_params(name, params or {})
+    entry = _targets.get(name)
+    given = {"train_set": train_set is not None, "cfg": cfg is not None}
+    missing = [need for need in entry.needs if not given[need]]
+    if missing:
+        raise ValueError(f"target {name!r} needs {' and '.join(missing)} (the training set and the resolved "
+                         f"run config) to be built: create_target({name!r}, params, train_set=..., cfg=...)")
+    return load(entry.build)(params, train_set, cfg, cache_dir, torch.device(device))
+
+
+# ----------------------------------------------------------------------------- the targets
+def _enough_patches_for_the_codebook(params: dict) -> None:
+    if params["fit_patches"] < params["vocab_size"]:
+        raise ConfigError("pretrain.target_params.fit_patches",
+                          f"{params['fit_patches']} is fewer than vocab_size {params['vocab_size']}; "
+                          f"allowed: >= vocab_size")
+
+
+POSITIVE = dict(low=0.0, high=math.inf, open_interval=True)
+
+register_target("pixel", "bench.targets.pixels:build_pixel", doc="the patch's pixels (MAE Table 1d)")
+register_target("norm_pixel", "bench.targets.pixels:build_norm_pixel",
+                doc="the patch's pixels normalised by its own mean and std (MAE)")
+register_target("pca", "bench.targets.pca:build_pca", {
+    "components": Option(96, int, low=1, help="principal components kept (MAE: 96); at most patch_size² × channels"),
+    "fit_patches": Option(100_000, int, low=1, help="training patches the basis is fitted on"),
+}, needs=("train_set", "cfg"), doc="the patch's top principal components (MAE Table 1d)")
+register_target("dvae_token", "bench.targets.tokenizer:build_dvae_token", {  # trains in seconds on a CPU, 4 px patches
+    "vocab_size": Option(512, int, low=2, help="codebook entries = classes the decoder predicts"),
+    "hidden": Option(128, int, low=1, help="width of the MLP encoder and decoder (2 hidden layers each)"),
+    "code_dim": Option(32, int, low=1, help="width of a code"),
+    "epochs": Option(5, int, low=1, help="passes over the fit patches"),
+    "batch_size": Option(256, int, low=1, help="patches per step"),
+    "lr": Option(1e-3, float, **POSITIVE, help="Adam's learning rate"),
+    "fit_patches": Option(100_000, int, low=1, help="training patches the tokenizer is trained on"),
+    "seed": Option(0, int, low=0, help="seeds the tokenizer's weights, codebook and data order"),
+}, needs=("train_set", "cfg"), check=_enough_patches_for_the_codebook,
+    doc="the patch's token in a per-patch VQ-VAE trained once (MAE Table 1d, BEiT)")
+register_target("hog", "bench.targets.hog:build_hog", {
+    "bins": Option(9, int, low=1, help="unsigned orientation bins (MaskFeat: 9)"),
+    "cell": Option(None, int, low=1, nullable=True, help="cell side in px; null = half the patch"),
+}, needs=("cfg",), doc="histograms of oriented gradients per patch (MaskFeat)")

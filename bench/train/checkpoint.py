@@ -14,12 +14,12 @@ requeues the job (see `bench.launch.launcher.RunJob.checkpoint`).
 """
 from __future__ import annotations
 
-import os
 import signal
-import tempfile
 from pathlib import Path
 
 import torch
+
+from bench.core.files import atomic_torch_save
 
 
 class Checkpointer:
@@ -37,15 +37,7 @@ class Checkpointer:
         from bench.train.distributed import current
         if not current().is_main:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".checkpoint.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_torch_save(self.path, state)
 
     def load(self) -> dict | None:
         if not self.path.exists():

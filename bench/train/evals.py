@@ -1,4 +1,4 @@
-"""Evaluations of a pre-trained encoder on the held-out split: one registry, `EVALS`.
+"""Evaluations of a pre-trained encoder on the held-out split: one registry (`register_eval`).
 
     linear_probe  frozen encoder in eval mode (no statistic moves), BatchNorm without affine +
                   linear head, LARS (MAE section A.2). The feature — cls token or the average of
@@ -15,42 +15,60 @@
                   (Wu et al. 2018, as DINO uses it): L2-normalised features, cosine similarity,
                   the k most similar training images vote with weight exp(similarity / T).
 
-The encoder's weights load into timm's VisionTransformer, as the official code does.
+Every eval works on the encoder interface a method hands out (`EvalEncoder`, built by the
+method's `eval_encoder` from the pre-trained weights), so it knows no method by name: a ViT
+(MAE, BEiT, SimMIM), a CNN or a video ViT plug in alike.
 """
 from __future__ import annotations
 
 import math
 import time
-from functools import partial
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from bench.core.registry import Registry
 from bench.data.augment import augment, normalize
 from bench.data.datasets import batch_order
+from bench.methods import create_method
 from bench.train.optim import LARS, layer_decay_groups, lr_at, scaled_lr, set_lr
 from bench.train.pretrain import epoch_generator
 
-POOL = {"cls": "token", "avgpool": "avg"}
+_EVALS = Registry("eval", "evals")
 
 
-def build_vit(cfg: dict, encoder_state: dict, num_classes: int, in_chans: int, feature: str,
-              drop_path: float = 0.0) -> VisionTransformer:
-    """timm's ViT with the pre-trained encoder's weights; the head (and fc_norm for avgpool) is new."""
-    m = cfg["model"]
-    vit = VisionTransformer(img_size=cfg["data"]["img_size"], patch_size=m["patch_size"], in_chans=in_chans,
-                            num_classes=num_classes, embed_dim=m["embed_dim"], depth=m["depth"],
-                            num_heads=m["num_heads"], mlp_ratio=m["mlp_ratio"], qkv_bias=True,
-                            global_pool=POOL[feature], drop_path_rate=drop_path,
-                            norm_layer=partial(nn.LayerNorm, eps=1e-6))
-    result = vit.load_state_dict(encoder_state, strict=False)
-    allowed_missing = {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
-    allowed_unexpected = {"norm.weight", "norm.bias"} if feature == "avgpool" else set()
-    if set(result.missing_keys) - allowed_missing or set(result.unexpected_keys) - allowed_unexpected:
-        raise RuntimeError(f"encoder weights do not fit timm's ViT: {result}")
-    return vit
+def register_eval(name: str):
+    """File an eval function `(cfg, encoder_state, train_set, test_set, device, log) -> dict` under
+    `name`; its settings are the config's `evals.<name>` section (with `enabled`)."""
+    return _EVALS.register(name)
+
+
+def list_evals() -> tuple[str, ...]:
+    return _EVALS.names()
+
+
+def create_eval(name: str) -> Callable:
+    return _EVALS.get(name)
+
+
+class EvalEncoder(Protocol):
+    """What a method's `eval_encoder` returns: a classifier (an nn.Module) over the pre-trained encoder."""
+
+    head: nn.Module    # the new classification head
+    num_features: int  # width of `features`
+    num_layers: int    # layer ids run 0 .. num_layers
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...   # pooled, pre-head: B×num_features
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...   # logits
+    def layer_id(self, name: str) -> int: ...                  # a parameter's depth, for layer-wise lr decay
+    def freeze_for_partial_finetune(self, blocks: float | None) -> None: ...
+
+
+def build_encoder(cfg: dict, encoder_state: dict, num_classes: int, in_chans: int, feature: str,
+                  drop_path: float = 0.0) -> EvalEncoder:
+    """The config's method's classifier over the pre-trained encoder weights."""
+    return create_method(cfg["method"]).eval_encoder(cfg, encoder_state, num_classes, in_chans, feature, drop_path)
 
 
 def _inputs(images: torch.Tensor, preset: str, img_size: int, dataset, gen) -> torch.Tensor:
@@ -58,13 +76,13 @@ def _inputs(images: torch.Tensor, preset: str, img_size: int, dataset, gen) -> t
 
 
 @torch.no_grad()
-def extract_features(vit: VisionTransformer, dataset, img_size: int, batch_size: int, device) -> tuple:
+def extract_features(encoder: EvalEncoder, dataset, img_size: int, batch_size: int, device) -> tuple:
     """Pooled, pre-head features of every image (no augmentation), with the labels."""
-    vit.eval()
+    encoder.eval()
     feats, labels = [], []
     for images, y in dataset.batches(batch_size, shuffle=False, seed=0, drop_last=False, device=device):
         x = _inputs(images, "none", img_size, dataset, None)
-        feats.append(vit.forward_head(vit.forward_features(x), pre_logits=True))
+        feats.append(encoder.features(x))
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
 
@@ -88,16 +106,17 @@ def _train_epoch(optimizer, batches, loss_of: Callable, lr_of_step: Callable) ->
     return losses, seen, lr
 
 
+@register_eval("linear_probe")
 def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
                  log: Callable[[dict], None] = lambda row: None, _recompute_features: bool = False) -> dict:
     """`_recompute_features` (for tests) runs the encoder on every batch even when the features
     could be cached; both paths see the same batches in the same order."""
     ecfg, img_size = cfg["evals"]["linear_probe"], cfg["data"]["img_size"]
     torch.manual_seed(cfg["seed"])
-    vit = build_vit(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"]).to(device)
+    vit = build_encoder(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"]).to(device)
     vit.requires_grad_(False)
     vit.eval()  # frozen: no dropout, no statistics move
-    dim = vit.embed_dim
+    dim = vit.num_features
     head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, train_set.num_classes))
     nn.init.trunc_normal_(head[1].weight, std=0.01)
     nn.init.zeros_(head[1].bias)
@@ -125,8 +144,7 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
             batches = ((train_feats[idx], train_labels[idx]) for idx in order.split(batch_size)
                        if len(idx) == batch_size)
         else:
-            batches = ((vit.forward_head(vit.forward_features(_inputs(images, ecfg["augmentation"], img_size,
-                                                                        train_set, gen)), pre_logits=True), y)
+            batches = ((vit.features(_inputs(images, ecfg["augmentation"], img_size, train_set, gen)), y)
                        for images, y in train_set.batches(batch_size, shuffle=True, seed=cfg["seed"],
                                                           epoch=epoch, drop_last=True, device=device))
         losses, seen, lr = _train_epoch(
@@ -142,29 +160,16 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
             "wall_s": time.perf_counter() - start}
 
 
-def freeze_for_partial_finetune(vit: VisionTransformer, blocks: float | None) -> None:
-    """MAE Figure 9: tune only the last `blocks` blocks (0.5: the last block's norm2 + mlp, its MLP
-    half; 0: none), the final norm (`norm`, or `fc_norm` for avgpool) and the head. None: tune all."""
-    if blocks is None:
-        return
-    vit.requires_grad_(False)
-    if blocks == 0.5:
-        tuned = [vit.blocks[-1].norm2, vit.blocks[-1].mlp]
-    else:
-        tuned = list(vit.blocks[len(vit.blocks) - int(blocks):])
-    for module in tuned + [vit.norm, vit.fc_norm, vit.head]:
-        module.requires_grad_(True)
-
-
+@register_eval("finetune")
 def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
              log: Callable[[dict], None] = lambda row: None, return_model: bool = False):
     """The result dict; with `return_model`, (result, the fine-tuned ViT)."""
     ecfg, img_size = cfg["evals"]["finetune"], cfg["data"]["img_size"]
     torch.manual_seed(cfg["seed"])
-    vit = build_vit(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"],
-                    drop_path=ecfg["drop_path"])
+    vit = build_encoder(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"],
+                        drop_path=ecfg["drop_path"])
     nn.init.trunc_normal_(vit.head.weight, std=2e-5)
-    freeze_for_partial_finetune(vit, ecfg["blocks"])  # frozen blocks still see drop path (the recipe)
+    vit.freeze_for_partial_finetune(ecfg["blocks"])  # frozen blocks still see drop path (the recipe)
     trainable_params = sum(p.numel() for p in vit.parameters() if p.requires_grad)
     vit.to(device)
     batch_size = min(ecfg["batch_size"], len(train_set))
@@ -220,11 +225,12 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
     return torch.cat(predictions)
 
 
+@register_eval("knn")
 def knn(cfg: dict, encoder_state: dict, train_set, test_set, device,
         log: Callable[[dict], None] = lambda row: None) -> dict:
     ecfg, img_size = cfg["evals"]["knn"], cfg["data"]["img_size"]
     torch.manual_seed(cfg["seed"])
-    vit = build_vit(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"]).to(device)
+    vit = build_encoder(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"]).to(device)
     vit.requires_grad_(False)
     start = time.perf_counter()
     train_feats, train_labels = extract_features(vit, train_set, img_size, 512, device)
@@ -235,5 +241,3 @@ def knn(cfg: dict, encoder_state: dict, train_set, test_set, device,
     return {"top1": acc, "k": ecfg["k"], "temperature": ecfg["temperature"], "feature": ecfg["feature"],
             "wall_s": time.perf_counter() - start}
 
-
-EVALS = {"linear_probe": linear_probe, "finetune": finetune, "knn": knn}

@@ -42,25 +42,18 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-def layer_id(name: str, num_layers: int) -> int:
-    """MAE's layer index for layer-wise decay: embeddings 0, block i → i + 1, the rest num_layers."""
-    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return num_layers
-
-
-def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float,
-                       no_weight_decay: tuple[str, ...] = ("pos_embed", "cls_token")) -> list[dict]:
-    """Parameter groups with lr_scale = layer_decay ** (num_layers - layer_id) (MAE's param_groups_lrd)."""
-    num_layers = len(model.blocks) + 1
+def layer_decay_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """Parameter groups with lr_scale = layer_decay ** (num_layers - layer_id) (MAE's param_groups_lrd).
+    The model says each parameter's depth (`layer_id(name)`, 0 .. `num_layers`) and which ones
+    skip weight decay (`no_weight_decay_names`, besides 1-D ones): a ViT's blocks, a CNN's stages."""
+    num_layers = model.num_layers
+    no_weight_decay = tuple(getattr(model, "no_weight_decay_names", ()))
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = param.ndim == 1 or name in no_weight_decay
-        lid = layer_id(name, num_layers)
+        lid = model.layer_id(name)
         group = groups.setdefault((lid, no_decay), {
             "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
             "lr_scale": layer_decay ** (num_layers - lid)})

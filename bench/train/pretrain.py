@@ -1,5 +1,7 @@
-"""MAE pre-training: the paper's recipe, read from the resolved config.
+"""The one pre-training loop every method plugs into, with the recipe read from the resolved config.
 
+The method (bench.methods) builds the model and says on which grid masks are drawn; the
+target (bench.targets) says what a masked patch is scored against; everything else is here:
 AdamW (β = 0.9, 0.95, weight decay 0.05 on weight matrices; fused where torch has it), fp32 or
 bf16 autocast (`pretrain.precision`; no loss scaling needed), lr = blr × batch / 256 with
 linear warmup and cosine decay set every iteration, batched augmentation and masks made on
@@ -19,14 +21,13 @@ from typing import Callable
 
 import torch
 
-from bench.train import distributed
-
 from bench import masking
 from bench.data.augment import augment, normalize
+from bench.methods import create_method
+from bench.targets import create_target
+from bench.train import distributed
 from bench.train.checkpoint import Checkpointer
-from bench.methods.mae import MaskedAutoencoderViT, build_mae
 from bench.train.optim import fused_adamw, lr_at, scaled_lr, set_lr, weight_decay_groups
-from bench.targets import build_target
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device, stream: int = 0) -> torch.Generator:
@@ -103,36 +104,74 @@ class SplitStep:
             self.pool.shutdown()
 
 
+class PretrainStep:
+    """One optimisation step of pre-training, as the loop runs it (and `mimbench bench speed` times it):
+    set the lr, augment the batch and normalise it, draw its masks, forward and backward (split
+    across CPU threads by SplitStep; this process's share of the batch under DDP), AdamW step."""
+
+    def __init__(self, cfg: dict, model: torch.nn.Module, target, optimizer, split_step: SplitStep,
+                 grid: tuple[int, int], mean, std, share: slice = slice(None)):
+        self.cfg, self.model, self.target, self.optimizer = cfg, model, target, optimizer
+        self.split_step, self.grid, self.mean, self.std, self.share = split_step, grid, mean, std, share
+        self.full_pred = False  # True: the decoder predicts every patch (same loss; the speed bench's ablation)
+
+    def __call__(self, images: torch.Tensor, lr: float, gen: torch.Generator) -> torch.Tensor:
+        """Train on one batch of uint8 images; returns the (detached) loss of this process's share."""
+        data, mcfg = self.cfg["data"], self.cfg["masking"]
+        set_lr(self.optimizer, lr)
+        x = normalize(augment(images, data["augmentation"], data["img_size"], gen), self.mean, self.std)
+        mask = masking.generate(mcfg["strategy"], x.shape[0], self.grid, mcfg["ratio"], mcfg["params"], gen, x.device)
+        # the decoder predicts only the masked patches (the loss's)
+        loss = self.split_step(x[self.share], mask[self.share], self.target, full_pred=self.full_pred)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"pre-training loss is {loss.item()}")
+        self.optimizer.step()
+        return loss
+
+
+def build_pretraining(cfg: dict, train_set, device: torch.device, cache_dir=None, compile: bool = False,
+                      world: int = 1, rank: int = 0):
+    """The method's model, its optimiser and the step that trains it, as `cfg` describes them."""
+    pcfg = cfg["pretrain"]
+    torch.manual_seed(cfg["seed"])
+    target = create_target(pcfg["target"], pcfg["target_params"], train_set=train_set, cfg=cfg,
+                           cache_dir=cache_dir, device=device)
+    method = create_method(cfg["method"])
+    model = method.build_model(cfg, train_set.channels, target).to(device)
+    base_lr = scaled_lr(pcfg["blr"], pcfg["batch_size"])
+    optimizer, _ = fused_adamw(weight_decay_groups(model, pcfg["weight_decay"]), base_lr,
+                               betas=(pcfg["beta1"], pcfg["beta2"]))
+    batch_size = min(pcfg["batch_size"], len(train_set))
+    if batch_size % world:
+        raise ValueError(f"pretrain.batch_size {batch_size} does not split over {world} processes")
+    share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
+    step_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(model)
+    if compile:
+        step_model = torch.compile(step_model)
+    split_step = SplitStep(step_model, 1 if compile else SplitStep.parts_for(device, world), pcfg["precision"])
+    step = PretrainStep(cfg, model, target, optimizer, split_step, method.mask_grid(cfg), train_set.mean,
+                        train_set.std, share)
+    return method, model, step
+
+
 def pretrain(cfg: dict, train_set, device: torch.device,
              log: Callable[[dict], None] = lambda row: None,
              checkpointer: Checkpointer | None = None,
-             cache_dir=None, compile: bool = False) -> tuple[MaskedAutoencoderViT, dict]:
-    """Pre-train an MAE on `train_set`; returns the model and {'images_per_s', 'wall_s', 'final_loss'}.
+             cache_dir=None, compile: bool = False) -> tuple[torch.nn.Module, dict]:
+    """Pre-train the config's method on `train_set`; returns the model and
+    {'images_per_s', 'wall_s', 'final_loss', 'gflops_per_image', 'step_parts'}.
 
     compile: torch.compile the forward (and keep one part per step: compiled code is not split).
     With a checkpointer: resume from its checkpoint if there is one, save one every
     `every_epochs` epochs, and on a preemption request save at the next step and hand over.
     """
-    pcfg, mcfg, data = cfg["pretrain"], cfg["masking"], cfg["data"]
+    pcfg, mcfg = cfg["pretrain"], cfg["masking"]
     rank = distributed.current()
-    torch.manual_seed(cfg["seed"])
-    target = build_target(pcfg["target"], pcfg["target_params"], train_set=train_set, cfg=cfg, cache_dir=cache_dir,
-                          device=device)
-    patch_dim = cfg["model"]["patch_size"] ** 2 * train_set.channels
-    model = build_mae(cfg["model"], data["img_size"], train_set.channels, target.out_dim(patch_dim)).to(device)
+    method, model, step_fn = build_pretraining(cfg, train_set, device, cache_dir, compile, rank.world, rank.rank)
+    optimizer = step_fn.optimizer
     base_lr = scaled_lr(pcfg["blr"], pcfg["batch_size"])
-    optimizer, _ = fused_adamw(weight_decay_groups(model, pcfg["weight_decay"]), base_lr,
-                               betas=(pcfg["beta1"], pcfg["beta2"]))
     batch_size = min(pcfg["batch_size"], len(train_set))
     steps_per_epoch = len(train_set) // batch_size
-    grid = (model.grid, model.grid)
-    if batch_size % rank.world:
-        raise ValueError(f"pretrain.batch_size {batch_size} does not split over {rank.world} processes")
-    share = slice(rank.rank * batch_size // rank.world, (rank.rank + 1) * batch_size // rank.world)
-    step_model = model if rank.world == 1 else torch.nn.parallel.DistributedDataParallel(model)
-    if compile:
-        step_model = torch.compile(step_model)
-    split_step = SplitStep(step_model, 1 if compile else SplitStep.parts_for(device, rank.world), pcfg["precision"])
 
     # where to start: the beginning, or exactly where the checkpoint left off
     start_epoch, start_step, losses, images_seen, wall_before = 0, 0, [], 0, 0.0
@@ -162,17 +201,12 @@ def pretrain(cfg: dict, train_set, device: torch.device,
         for step, (images, _) in enumerate(batches, start=first_step):
             lr = lr_at(epoch + step / steps_per_epoch, base_lr, pcfg["min_lr"], pcfg["warmup_epochs"],
                        pcfg["epochs"])
-            set_lr(optimizer, lr)
-            x = normalize(augment(images, data["augmentation"], data["img_size"], gen),
-                          train_set.mean, train_set.std)
-            mask = masking.generate(mcfg["strategy"], x.shape[0], grid, mcfg["ratio"], mcfg["params"], gen, device)
-            # this process's slice of the batch; the decoder predicts only the masked patches (the loss's)
-            loss = split_step(x[share], mask[share], target)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"pre-training loss is {loss.item()} at epoch {epoch}, step {step}")
-            optimizer.step()
+            try:
+                loss = step_fn(images, lr, gen)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{err} at epoch {epoch}, step {step}") from None
             losses.append(distributed.mean_across(loss.detach(), rank))
-            seen += x.shape[0]
+            seen += images.shape[0]
             stop = checkpointer is not None and distributed.any_across(checkpointer.stop_requested, rank, device)
             if checkpointer is not None:
                 checkpointer.stop_requested = stop
@@ -191,11 +225,11 @@ def pretrain(cfg: dict, train_set, device: torch.device,
                                      wall_before + time.perf_counter() - start))
             if checkpointer.stop_requested:
                 checkpointer.hand_over()
-    split_step.close()
+    step_fn.split_step.close()
     wall = wall_before + time.perf_counter() - start
     return model, {"images_per_s": images_seen / max(wall, 1e-9), "wall_s": wall, "final_loss": loss_value,
-                   "gflops_per_image": model.flops_per_image(mcfg["ratio"])["total"] / 1e9,
-                   "step_parts": split_step.parts}
+                   "gflops_per_image": method.flops_per_image(model, mcfg["ratio"])["total"] / 1e9,
+                   "step_parts": step_fn.split_step.parts}
 
 
 def _state(model, optimizer, epoch: int, step: int, gen: torch.Generator | None, losses: list,
