@@ -63,10 +63,11 @@ def _format_value(value) -> str:
 
 
 def cmd_plan(args) -> int:
-    from bench.study.spec import load_study
+    from bench.study.spec import check_data, load_study
     from bench.launch.store import RunFolder
 
     study = load_study(args.spec, _launch_overrides(args), args.profile)
+    check_data(study)  # the data root and the dataset's files, before anything is listed as to run
     out = Console()
     statuses = {}
     for run in study.runs:
@@ -102,9 +103,10 @@ def _print_report(paths: dict, out: Console) -> None:
 def cmd_run(args) -> int:
     from bench.launch.launcher import launch_study
     from bench.analysis.report import write_report
-    from bench.study.spec import load_study
+    from bench.study.spec import check_data, load_study
 
     study = load_study(args.spec, _launch_overrides(args), args.profile)
+    check_data(study)  # the data root and the dataset's files, before anything runs
     err = Console(stderr=True)
     total = len(study.runs)
     err.print(f"study [bold]{study.name}[/]: {total} runs, executor {study.launch['executor']}")
@@ -112,7 +114,9 @@ def cmd_run(args) -> int:
     err.print(f"{len(outcome.done)} finished, {len(outcome.skipped)} already done (skipped), "
               f"{len(outcome.failed)} failed" + (f", {len(outcome.submitted)} submitted" if outcome.submitted else "")
               + (f", {len(outcome.already_running)} still queued or running from an earlier launch"
-                 if outcome.already_running else ""))
+                 if outcome.already_running else "")
+              + (f", {len(outcome.running_elsewhere)} running elsewhere (another launch holds their lease)"
+                 if outcome.running_elsewhere else ""))
     for rid, line in outcome.failed.items():
         err.print(f"[red]failed[/] {rid}: {line} (traceback in {Path(args.results) / study.name / rid / 'error.txt'})")
     if not args.no_report and not outcome.submitted and (outcome.done or outcome.skipped):
@@ -121,7 +125,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bench.analysis.papers import parse_paper_ref, subtable
+    from bench.papers import parse_paper_ref, subtable
     from bench.analysis.report import write_report
 
     study_dir = Path(args.study_dir)
@@ -298,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as err:
-        print(f"mimbench: error: {err}", file=sys.stderr)
+        print("mimbench: error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # one line, always
         return 2
 
 

@@ -51,3 +51,20 @@ def test_concurrent_requests_build_an_entry_once(tmp_path):
     assert values == [[0, 1, 2]] * 3
     assert counter.read_text().count("built") == 1
     assert not list((tmp_path / "cache" / "things").glob(".*.tmp"))  # no half-written entry left
+
+
+def test_a_corrupt_entry_is_set_aside_and_built_again(tmp_path):
+    root = tmp_path / "cache"
+    path = cache.entry_path(root, "things", "k1")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04 cut short")  # the start of a torch zip file, and nothing more
+    (path.parent / ".k1.pt.abc123.tmp").write_bytes(b"half")  # a killed writer's temporary
+    assert cache.load(path) is None  # a miss, never a crash
+    warnings = []
+    value = cache.get_or_build(root, "things", "k1", lambda: {"value": torch.arange(2)}, warn=warnings.append)
+    assert value["value"].tolist() == [0, 1] and cache.load(path)["value"].tolist() == [0, 1]
+    assert len(warnings) == 1 and "could not be read" in warnings[0] and "set aside" in warnings[0]
+    assert len(list(path.parent.glob("k1.pt.corrupt-*"))) == 1 and not list(path.parent.glob(".*.tmp"))
+    built = []
+    cache.get_or_build(root, "things", "k1", lambda: built.append(1))  # whole now: read, not rebuilt
+    assert built == []

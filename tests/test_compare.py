@@ -11,7 +11,7 @@ from bench.analysis.claims import FAILS, CANNOT_JUDGE, PASSES, STATED_ONLY
 from bench.analysis.compare import compare, write_comparison
 from bench.core.errors import ConfigError
 from bench.analysis.frames import runs_frame
-from bench.analysis.papers import load_paper, parse_paper_ref, subtable
+from bench.papers import load_paper, parse_paper_ref, subtable
 from bench.analysis.report import write_report
 from bench.study.spec import load_study
 from bench.launch.store import RESULT_KEYS, RunFolder, write_study_manifest

@@ -102,3 +102,30 @@ def test_loading_is_cached_and_imagefolder_reads_val_as_its_test_split(tmp_path,
     assert create_dataset(config, "train") is create_dataset(dict(config), "train")
     with pytest.raises(ConfigError, match=r"^data\.name: imagefolder: no val/ folder under "):
         create_dataset({"name": "imagefolder", "img_size": 32}, "test", str(tmp_path))
+
+
+def test_each_dataset_says_its_channels_and_the_check_before_a_run_imports_no_torch(tmp_path):
+    import subprocess
+    import sys
+    from bench.data import dataset_entry
+    assert {name: dataset_entry(name).channels for name in list_datasets()} == {
+        "fashion_mnist": 1, "cifar10": 3, "cifar100": 3, "imagefolder": 3, "synthetic": 3}
+    for prefix, n in (("train", 3), ("t10k", 2)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", np.zeros((n, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n))
+    code = (f"import sys, bench.data; bench.data.check_data('fashion_mnist', {str(tmp_path)!r}); "
+            "bench.data.check_data('synthetic', None); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_truncated_idx_file_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "x.gz"
+    write_idx(path, np.zeros((4, 28, 28)))
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    with gzip.open(path, "wb") as f:
+        f.write(raw[:100])
+    with pytest.raises(ConfigError) as err:
+        _read_idx(path, "fashion_mnist")
+    assert str(err.value) == (f"{path}: fashion_mnist: holds 84 bytes of data, not the 3136 its header declares "
+                              "(4x28x28): truncated or corrupt; expected an unsigned-byte IDX file")

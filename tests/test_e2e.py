@@ -97,14 +97,18 @@ def test_local_executor_runs_in_parallel_processes(tmp_path, tiny_base):
 
 
 def test_failing_run_is_recorded_and_siblings_finish(tmp_path, tiny_base, capsys):
-    tiny_base["data"]["name"] = "cifar10"  # not on this machine: every cifar run fails at load time
+    import pickle
+    tiny_base["data"]["name"] = "cifar10"  # pickles whole enough for the check before the launch, not to load
+    (tmp_path / "none" / "cifar-10-batches-py").mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (tmp_path / "none" / "cifar-10-batches-py" / name).write_bytes(pickle.dumps({b"pixels": []}, protocol=2))
     spec = {"name": "mixed", "base": tiny_base, "grid": {"data.name": ["cifar10", "synthetic"]}}
     path = tmp_path / "mixed.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     assert main(["run", str(path), "--executor", "debug", "--data-root", str(tmp_path / "none"),
                  "--results", str(tmp_path / "results"), "--reports", str(tmp_path / "reports")]) == 1
     err = capsys.readouterr().err
-    assert "1 finished" in err and "1 failed" in err and "cifar10 not found" in err
+    assert "1 finished" in err and "1 failed" in err and "cifar10: holds" in err
     errors = list((tmp_path / "results" / "mixed").glob("*/error.txt"))
     assert len(errors) == 1 and "Traceback" in errors[0].read_text()
 

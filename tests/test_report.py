@@ -276,3 +276,22 @@ def test_knn_is_a_third_eval_when_it_has_values(tmp_path):
     assert ("| 0.75 | **81.0 ± 0.0** | [81.0, 81.0] | 2 | **61.0 ± 0.0** | [61.0, 61.0] | 2 "
             "| **52.5 ± 0.7** | [52.0, 53.0] | 2 |") in lines
     assert out["plot"].read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_report_counts_only_the_specs_current_runs_and_names_code_versions(tmp_path):
+    """Finished runs the spec's grid no longer has are left out and named; mixed code versions are said."""
+    from bench.launch.store import write_study_manifest
+    from bench.study.config import run_id, with_added_later
+
+    runs = [add_run(tmp_path, "s", f"r{i}", finetune=70.0 + i, probe=60.0, masking__ratio=ratio)
+            for i, ratio in enumerate((0.5, 0.75, 0.9))]
+    ids = [run_id(with_added_later(r.read_config())) for r in runs]
+    for run, commit in zip(runs, ("a" * 40, "b" * 40 + "-dirty", "b" * 40)):
+        result = json.loads(run.result_path.read_text()) | {"git_commit": commit}
+        run.result_path.write_text(json.dumps(result))
+    write_study_manifest(tmp_path / "s", "s", "", "spec.yaml", ["masking.ratio"], ids[:2])  # 0.9 left the grid
+    paths = write_report(tmp_path / "s", tmp_path / "reports")
+    text = paths["table_md"].read_text()
+    assert paths["n_runs"] == 2 and "| 0.9 |" not in text
+    assert "Not in this spec (left out): 1 finished run, r2." in text
+    assert "The runs come from 2 code versions: aaaaaaa; bbbbbbb-dirty." in text

@@ -43,11 +43,15 @@ def wait_until(predicate, timeout, poll=1.0, what="condition"):
 
 
 def test_job_array_finishes_every_run_and_isolates_a_failure(slurm_cluster, tmp_path, tiny_base, capsys):
+    import pickle
+    (tmp_path / "none" / "cifar-10-batches-py").mkdir(parents=True)  # whole enough for plan's check, not to load
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (tmp_path / "none" / "cifar-10-batches-py" / name).write_bytes(pickle.dumps({b"pixels": []}, protocol=2))
     spec = write_spec(tmp_path, "array", tiny_base,
                       {"data.name": ["synthetic", "cifar10"], "masking.strategy": ["random", "grid"]})
     code = main(["run", str(spec), *slurm_flags(slurm_cluster, tmp_path), "--data-root", str(tmp_path / "none"),
                  "--reports", str(tmp_path / "reports")])
-    assert code == 1  # two runs failed: no CIFAR-10 on this machine
+    assert code == 1  # two runs failed: CIFAR-10's pickles hold no images
     err = capsys.readouterr().err
     assert "2 finished" in err and "2 failed" in err
     states = {s.run_id: s for s in study_status(tmp_path / "results" / "array")}
@@ -57,14 +61,14 @@ def test_job_array_finishes_every_run_and_isolates_a_failure(slurm_cluster, tmp_
         job = json.loads((folder.path / "job.json").read_text())
         assert job["executor"] == "slurm" and "_" in job["job_id"]  # an array task
         if s.state == "failed":
-            assert "cifar10 not found" in s.detail and "Traceback" in folder.error_path.read_text()
+            assert "cifar10: holds" in s.detail and "Traceback" in folder.error_path.read_text()
         else:
             assert json.loads(folder.result_path.read_text())["slurm_job_id"]
     assert (tmp_path / "reports" / "array" / "table.md").exists()
 
     main(["status", "array", "--results", str(tmp_path / "results")])
     out = capsys.readouterr().out
-    assert "2 done" in out and "2 failed" in out and "cifar10 not found" in out
+    assert "2 done" in out and "2 failed" in out and "cifar10: holds" in out
 
 
 def test_preempted_job_is_requeued_and_resumes_exactly(slurm_cluster, tmp_path, tiny_base, capsys):

@@ -47,17 +47,17 @@ def test_grid_values_that_resolve_to_the_same_config_run_once(tmp_path, tiny_bas
 
 
 @pytest.mark.parametrize("mutate, key, allowed", [
-    (lambda s: s["grid"].update({"masking.ratio": [0.5, 1.5]}), "masking.ratio", "0.0 < x < 1.0"),
-    (lambda s: s["grid"].update({"masking.strategy": ["random", "spiral"]}), "masking.strategy", "random, block, grid"),
-    (lambda s: s["base"]["model"].update({"depth": 0}), "model.depth", ">= 1"),
-    (lambda s: s["base"]["model"].update({"decoder_depth": "deep"}), "model.decoder_depth", "int"),
-    (lambda s: s["base"]["pretrain"].update({"target": "hog2"}), "pretrain.target", "pixel, norm_pixel"),
-    (lambda s: s["base"]["data"].update({"augmentation": "mixup"}), "data.augmentation", "crop_rand"),
-    (lambda s: s["base"]["pretrain"].update({"epoch": 3}), "pretrain.epoch", "epochs"),
+    (lambda s: s["grid"].update({"masking.ratio": [0.5, 1.5]}), "grid.masking.ratio[1]", "0.0 < x < 1.0"),
+    (lambda s: s["grid"].update({"masking.strategy": ["random", "spiral"]}), "grid.masking.strategy[1]", "random, block, grid"),
+    (lambda s: s["base"]["model"].update({"depth": 0}), "base.model.depth", ">= 1"),
+    (lambda s: s["base"]["model"].update({"decoder_depth": "deep"}), "base.model.decoder_depth", "int"),
+    (lambda s: s["base"]["pretrain"].update({"target": "hog2"}), "base.pretrain.target", "pixel, norm_pixel"),
+    (lambda s: s["base"]["data"].update({"augmentation": "mixup"}), "base.data.augmentation", "crop_rand"),
+    (lambda s: s["base"]["pretrain"].update({"epoch": 3}), "base.pretrain.epoch", "epochs"),
     (lambda s: s["grid"].update({"masking.rato": [0.5]}), "grid.masking.rato", "dotted config key"),
     (lambda s: s.update({"seeds": -1}), "seeds", "a count >= 1"),
     (lambda s: s.update({"zip": [{"masking.ratio": [0.5, 0.6], "pretrain.epochs": [1]}]}), "zip[0]", "unequal"),
-    (lambda s: s["base"]["masking"].update({"params": {"min_patchez": 3}}), "masking.params.min_patchez", "none"),
+    (lambda s: s["base"]["masking"].update({"params": {"min_patchez": 3}}), "base.masking.params.min_patchez", "none"),
     (lambda s: s.update({"launch": {"executor": "kubernetes"}}), "launch.executor", "debug, local, slurm"),
     (lambda s: s.update({"nmae": "x"}), "nmae", "name, description, base"),
 ])
@@ -79,15 +79,23 @@ def test_bad_spec_on_the_command_line_is_one_line_and_exit_2(tmp_path, tiny_base
     proc = subprocess.run([sys.executable, "-m", "bench.cli", "plan", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
-    assert f"{path}: masking.ratio: 1.0 is out of range" in proc.stderr
+    assert f"{path}: base.masking.ratio: 1.0 is out of range" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_run_id_is_stable_across_key_order_number_spelling_and_processes(tiny_base):
+def test_run_id_is_stable_across_key_order_number_spelling_and_processes(tmp_path, tiny_base):
     a = resolve(tiny_base)
     reordered = json.loads(json.dumps(tiny_base, sort_keys=True))
-    reordered["pretrain"]["blr"] = "1.5e-3"  # YAML 1.1 reads 1.5e-3 as a string
+    reordered["pretrain"]["blr"] = 0.0015
     reordered["masking"]["ratio"] = 0.75
+    spellings = []
+    for blr in ("1.5e-3", "0.0015", "15e-4", "1.5E-03"):  # YAML 1.2 numbers: every spelling is a float
+        path = tmp_path / f"blr{len(spellings)}.yaml"
+        text = yaml.safe_dump({"name": "s", "base": tiny_base}, sort_keys=False)
+        path.write_text(text.replace("blr: 0.0015", f"blr: {blr}"))
+        assert f"blr: {blr}" in path.read_text()
+        spellings.append(load_study(path).runs[0].run_id)
+    assert spellings == [run_id(a)] * 4
     assert run_id(resolve(reordered)) == run_id(a)
     code = f"import json; from bench.study.config import resolve, run_id; print(run_id(resolve(json.loads({json.dumps(json.dumps(tiny_base))}))))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

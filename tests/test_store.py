@@ -43,8 +43,42 @@ def test_restarting_a_run_clears_its_old_result_metrics_and_error(tmp_path):
     run.write_result(full_result())
     assert not run.error_path.exists()  # a success removes the earlier error
     run.write_error("boom")
-    run.start({})
+    # a finished result is never deleted by a (re)start or a resume, only by a forced rerun
+    with pytest.raises(RuntimeError, match="is done"):
+        run.start({})
+    with pytest.raises(RuntimeError, match="is done"):
+        run.resume({}, pretrain_epochs_done=1)
+    assert run.is_done() and run.metrics_path.exists()
+    run.start({}, force=True)
     assert not run.result_path.exists() and not run.metrics_path.exists() and not run.error_path.exists()
+    run.write_error("Traceback (most recent call last):\nValueError: x\n", phase="finetune")
+    assert run.error_path.read_text().startswith("phase: finetune\n")
+
+
+def test_metrics_and_results_are_strict_json(tmp_path):
+    run = RunFolder(tmp_path, "s", "abc")
+    run.start({})
+    run.log_metrics({"phase": "pretrain", "epoch": 1, "loss": 0.5})
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match=r"metrics of pretrain epoch 2: loss is .*not a finite number"):
+            run.log_metrics({"phase": "pretrain", "epoch": 2, "loss": bad, "lr": 0.1})
+    with pytest.raises(ValueError, match=r"evals\.knn\.top1 is nan"):
+        run.write_result(full_result() | {"evals": {"knn": {"top1": float("nan")}}})
+    assert run.read_metrics() == [{"phase": "pretrain", "epoch": 1, "loss": 0.5}]
+    assert not run.result_path.exists()
+    for line in run.metrics_path.read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_orphaned_temporary_files_of_the_run_are_removed(tmp_path):
+    run = RunFolder(tmp_path, "s", "abc")
+    run.start({})
+    orphans = [".checkpoint.pt.x1y2z3.tmp", ".result.json.abc123.tmp", ".metrics.jsonl.q.tmp"]
+    for name in orphans:
+        (run.path / name).write_text("half")
+    (run.path / ".job.json.k.tmp").write_text("a launcher's, not the run's")
+    assert sorted(run.clean_temp_files()) == sorted(orphans)
+    assert sorted(p.name for p in run.path.glob(".*.tmp")) == [".job.json.k.tmp"]
 
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):

@@ -163,7 +163,8 @@ def test_params_get_defaults_and_pixel_targets_stay_without_params(tiny_base):
     assert targets.resolve_params("pca", {}) == {"components": 96, "fit_patches": 100_000}
     assert targets.resolve_params("hog", {"bins": 6}) == {"bins": 6, "cell": None}
     assert targets.resolve_params("dvae_token", {"lr": 1})["lr"] == 1.0
-    assert targets.resolve_params("dvae_token", {"lr": "3e-4"})["lr"] == 3e-4  # YAML 1.1 reads 3e-4 as text
+    with pytest.raises(ConfigError, match=r"lr: '3e-4' is a quoted number"):  # specs read 3e-4 as a float (YAML 1.2)
+        targets.resolve_params("dvae_token", {"lr": "3e-4"})
 
 
 @pytest.mark.parametrize("name, params, key, allowed", [

@@ -1,8 +1,8 @@
-"""Where numbers become reports. Modules, each importing only those above it in this list:
+"""Where numbers become reports (the papers' own numbers come from bench.papers). Modules, each
+importing only those above it in this list:
 
     tables            cell and Markdown formatting (no pandas frames, no files)
     stats             bootstrap intervals, Kendall's tau, the seed-noise rule
-    papers            the papers' numbers and claims (bench/papers/*.yaml)
     frames            a study's finished runs as a frame; the axes that vary
     plots             plot.png and the drawing pieces the comparison reuses
     matching          the comparison's records: our settings matched to a paper subtable's

@@ -1,7 +1,7 @@
 """The paper's claims checked against our per-setting means.
 
 A claim in a paper file (bench/papers/<paper>.yaml) may carry a machine check
-(bench.analysis.papers.CHECK_KINDS): `monotone_increasing` (up to a setting), `argmax` (the best
+(bench.papers.CHECK_KINDS): `monotone_increasing` (up to a setting), `argmax` (the best
 setting is this one) or `above` (every setting's mean above a bound, on the paper's scale).
 Each check gives a verdict: passes, fails, cannot judge (a setting we did not run, a drop
 within seed noise, an absolute bound at another scale), or stated only (no machine check).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.analysis.matching import METRICS, ClaimCheck, Setting, numeric_axis
-from bench.analysis.papers import Claim, Subtable, same_setting, same_value
+from bench.papers import Claim, Subtable, same_setting, same_value
 from bench.analysis.stats import within_noise
 from bench.analysis.tables import fmt_value
 
@@ -26,7 +26,7 @@ def at_paper_scale(runs: pd.DataFrame, sub: Subtable) -> bool:
 
 
 def check_claim(claim: Claim, settings: list[Setting], paper_scale: bool = True) -> ClaimCheck:
-    """A claim's machine check against our per-setting means (see bench.analysis.papers.CHECK_KINDS).
+    """A claim's machine check against our per-setting means (see bench.papers.CHECK_KINDS).
 
     An absolute bound (kind `above`) is on the paper's scale: with runs at another scale
     (paper_scale False) it cannot be judged.

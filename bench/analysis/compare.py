@@ -36,7 +36,7 @@ from bench.analysis.compare_plot import plot_comparison
 from bench.analysis.frames import runs_frame, varying_axes
 from bench.analysis.matching import (METRICS, OTHER_NUMBERS, Comparison, PairOrder, Ranking, Setting,
                                      match_settings)
-from bench.analysis.papers import Subtable, parse_paper_ref, subtable
+from bench.papers import Subtable, parse_paper_ref, subtable
 from bench.analysis.stats import bootstrap_ci, kendall_tau, within_noise
 from bench.core.errors import ConfigError
 from bench.core.files import atomic_write_text

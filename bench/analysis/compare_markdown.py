@@ -12,7 +12,7 @@ import math
 import pandas as pd
 
 from bench.analysis.matching import METRICS, OTHER_NUMBERS, Comparison
-from bench.analysis.papers import load_paper
+from bench.papers import load_paper
 from bench.analysis.stats import NOISE_RULE
 from bench.analysis.tables import MISSING, count, fmt_number, fmt_ratio, fmt_value, md_header, md_row
 

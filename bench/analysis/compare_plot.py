@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from bench.analysis.matching import METRICS, Comparison, numeric_axis  # noqa: E402
-from bench.analysis.papers import Subtable  # noqa: E402
+from bench.papers import Subtable  # noqa: E402
 from bench.analysis.plots import axis_label, bars, lines, not_run, save_png, zoom  # noqa: E402
 
 

@@ -5,7 +5,8 @@
     join_zip_groups(...)      keys a spec varies together, read as one axis
 
 A run counts when its result.json is complete (bench.launch.store); half-written runs are
-skipped. Config columns are `seed`, `method` (the schema's top-level keys) and the dotted keys
+skipped, and so are finished runs that are not in the spec's current grid (study.json, written
+at each launch): their folders are listed in `frame.attrs["not_in_spec"]` for the report to name. Config columns are `seed`, `method` (the schema's top-level keys) and the dotted keys
 ('masking.ratio'); result columns have no dot. Nested result values (the per-eval details)
 stay in result.json. The axes leave out the keys a setting implies (a masking strategy's
 params, a model preset's widths and depths) when they only follow it.
@@ -71,11 +72,20 @@ def runs_frame(study_dir: Path | str) -> pd.DataFrame:
         row = flatten_config(config)
         row.update({k: v for k, v in result.items() if not isinstance(v, (dict, list))})
         rows.append((run_id(config), row))
+    spec_runs = read_study_manifest(study_dir).get("runs")
+    not_in_spec = []
+    if spec_runs:  # only the runs of the spec's current grid (as last launched) count
+        wanted = set(spec_runs)
+        def in_spec(rid: str, row: dict) -> bool:  # by today's id of its config, or its folder's
+            return rid in wanted or row.get("run_id") in wanted
+        not_in_spec = sorted(row["run_id"] for rid, row in rows if not in_spec(rid, row))
+        rows = [(rid, row) for rid, row in rows if in_spec(rid, row)]
     frame = pd.DataFrame(_current_runs(rows))
+    frame.attrs["not_in_spec"] = not_in_spec
     if frame.empty:
         return frame
     # the spec's order (from the launch's study.json), so categories read as the spec lists them
-    spec_order = {rid: i for i, rid in enumerate(read_study_manifest(study_dir).get("runs", []))}
+    spec_order = {rid: i for i, rid in enumerate(spec_runs or [])}
     position = frame["run_id"].map(lambda rid: spec_order.get(rid, len(spec_order)))
     frame = frame.iloc[position.argsort(kind="stable")].reset_index(drop=True)
     metrics = [col for col, _ in METRICS.values() if col in frame]
@@ -84,7 +94,9 @@ def runs_frame(study_dir: Path | str) -> pd.DataFrame:
     config_cols = sorted(c for c in frame.columns if is_config(c) and c != "seed")
     first = ["run_id", "study"] + (["seed"] if "seed" in frame else [])
     rest = sorted(c for c in frame.columns if c not in set(first) | set(config_cols) | set(metrics))
-    return frame[first + config_cols + metrics + rest]
+    frame = frame[first + config_cols + metrics + rest]
+    frame.attrs["not_in_spec"] = not_in_spec
+    return frame
 
 
 def _current_runs(rows: list[tuple[str, dict]]) -> list[dict]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bench.analysis.papers import Claim, Point, Subtable, same_setting
+from bench.papers import Claim, Point, Subtable, same_setting
 from bench.analysis.tables import fmt_value
 from bench.core.errors import ConfigError
 

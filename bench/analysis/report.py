@@ -130,7 +130,32 @@ def setup_line(frame: pd.DataFrame) -> str:
              if len(seeds) > 1 else "one run each")
     n = len(frame)
     return (f"{n} run{'s' if n != 1 else ''}{seed_text} on {distinct('device')}; "
-            f"linear probe {probe}, fine-tune {finetune}{knn}. Cells: top-1 %, {cells}.")
+            f"linear probe {probe}, fine-tune {finetune}{knn}. Cells: top-1 %, {cells}."
+            + code_versions_line(frame) + not_in_spec_line(frame))
+
+
+def code_versions_line(frame: pd.DataFrame) -> str:
+    """' The runs come from 2 code versions: …' when they do (mimbench version and git commit)."""
+    cols = [c for c in ("mimbench_version", "git_commit") if c in frame]
+    if not cols:
+        return ""
+    def short(value) -> str:  # a git commit to 7 hex digits, "-dirty" kept
+        head, dirty, _ = str(value).partition("-dirty")
+        return (head[:7] if len(head) == 40 else head) + ("-dirty" if dirty else "")
+    versions = sorted({" ".join(short(v) for v in row if isinstance(v, str)) or MISSING
+                       for row in frame[cols].itertuples(index=False)})
+    if len(versions) < 2:
+        return ""
+    return f" The runs come from {len(versions)} code versions: {'; '.join(versions)}."
+
+
+def not_in_spec_line(frame: pd.DataFrame) -> str:
+    """' Not in this spec (left out): …' for finished runs the spec's current grid no longer has."""
+    left_out = frame.attrs.get("not_in_spec") or []
+    if not left_out:
+        return ""
+    shown = ", ".join(left_out[:10]) + (f" and {len(left_out) - 10} more" if len(left_out) > 10 else "")
+    return f" Not in this spec (left out): {len(left_out)} finished run{'s' if len(left_out) != 1 else ''}, {shown}."
 
 
 # ----------------------------------------------------------------------------- the report

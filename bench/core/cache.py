@@ -10,10 +10,17 @@ the second waits and loads it. What lives here:
 
     encoders    a run's pre-trained encoder, shared by runs that differ only in their evals
     targets     fitted reconstruction targets (PCA basis, trained tokenizer)
+
+An entry that cannot be read back (cut short, garbage) is a miss, never a crash: the builder,
+holding the entry's lock, renames it to `<key>.pt.corrupt-<time>`, warns (`warn`, else stderr)
+and builds it again. Temporary files a killed writer left for an entry are removed by the next
+builder of that entry (under its lock, so never a live writer's).
 """
 from __future__ import annotations
 
 import fcntl
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -36,10 +43,49 @@ def save(path: Path, value: Any) -> None:
     atomic_torch_save(path, value)
 
 
-def load(path: Path) -> Any | None:
+class Corrupt(Exception):
+    """An entry that exists but cannot be read back."""
+
+
+def _read(path: Path) -> Any | None:
+    """The entry, None when absent; raises Corrupt when it cannot be read back."""
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise Corrupt(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+
+
+def load(path: Path) -> Any | None:
+    """The entry, or None when it is absent or cannot be read back (a miss: build it again)."""
+    try:
+        return _read(path)
+    except Corrupt:
+        return None
+
+
+def _warn(message: str) -> None:
+    print(f"mimbench: warning: {message}", file=sys.stderr)
+
+
+def set_aside(path: Path, problem: str, warn: Callable[[str], None] | None = None) -> Path | None:
+    """Rename a corrupt entry to <key>.pt.corrupt-<time> (call with its lock held) and warn."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}")
+    try:
+        path.rename(aside)
+    except FileNotFoundError:
+        return None
+    (warn or _warn)(f"cache entry {path} could not be read ({problem}); set aside as {aside.name}, building it again")
+    return aside
+
+
+def clean_temp_files(path: Path) -> None:
+    """Remove temporaries a killed writer of this entry left (call with its lock held)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -54,10 +100,12 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def get_or_build(root: Path | str | None, kind: str, key: str, build: Callable[[], Any]) -> Any:
+def get_or_build(root: Path | str | None, kind: str, key: str, build: Callable[[], Any],
+                 warn: Callable[[str], None] | None = None) -> Any:
     """The cached value under `key`, built by `build()` and stored the first time.
 
-    With `root` None there is no cache: `build()` runs every time.
+    With `root` None there is no cache: `build()` runs every time. A corrupt entry is set aside
+    (see above) and built again; `warn` gets the one-line notice.
     """
     if root is None:
         return build()
@@ -66,8 +114,13 @@ def get_or_build(root: Path | str | None, kind: str, key: str, build: Callable[[
     if value is not None:
         return value
     with locked(path):
-        value = load(path)  # someone may have built it while we waited
+        try:
+            value = _read(path)  # someone may have built it while we waited
+        except Corrupt as err:
+            set_aside(path, str(err), warn)
+            value = None
         if value is None:
+            clean_temp_files(path)
             value = build()
             save(path, value)
     return value

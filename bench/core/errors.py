@@ -7,7 +7,22 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, message: str, source: str | None = None):
         self.key, self.source, self.detail = key, source, message
-        super().__init__(f"{source + ': ' if source else ''}{key}: {message}")
+        text = f"{source + ': ' if source else ''}{key}: {message}"
+        super().__init__(" ".join(text.splitlines()) if "\n" in text or "\r" in text else text)  # one line
 
     def at(self, source: str) -> "ConfigError":
         return ConfigError(self.key, self.detail, source)
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or a number that is NaN or infinite: never a result. The run fails, and the message
+    names the phase, the epoch (counted from 1, as in metrics.jsonl) and the step."""
+
+
+def require_finite(losses, phase: str, epoch: int) -> None:
+    """Raise NonFiniteError at the first non-finite entry of `losses` (a 1-D tensor of per-step
+    values of one epoch): one host sync per epoch, not per step."""
+    bad = (~losses.isfinite()).nonzero()
+    if len(bad):
+        step = int(bad[0])
+        raise NonFiniteError(f"{phase} loss is {float(losses[step])} at epoch {epoch}, step {step}")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import functools
 import gzip
-import os
 import pickle
 import struct
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -22,9 +22,8 @@ import torch
 
 from bench.core import registry
 from bench.core.errors import ConfigError
-from bench.data import dataset_entry
-
-DEBIAN_DATASETS = Path("/usr/share/datasets")
+from bench.data import (DEBIAN_DATASETS, IMAGE_MODES, dataset_entry, find_root, idx_file,  # noqa: F401
+                        imagefolder_split, search_roots)
 
 
 def batch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -74,6 +73,24 @@ class ImageSet:
                 yield images[idx], labels[idx]
 
 
+def load_image(path: str):
+    """An image as 8-bit RGB (torchvision's default loader), or a one-line ConfigError naming the
+    file when it does not open or is not 8-bit."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            mode = img.mode
+            if mode in IMAGE_MODES:
+                return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise ConfigError("imagefolder", f"is not a readable image ({' '.join(str(err).split()) or type(err).__name__}"
+                                         f"); expected a JPEG, PNG or other image", path) from None
+    raise ConfigError("imagefolder", f"has image mode {mode}; expected an 8-bit image, one of {', '.join(IMAGE_MODES)}",
+                      path)
+
+
 class ImageFolderSet:
     """An ImageNet-style tree, streamed: workers decode and resize to `load_size`² uint8."""
 
@@ -82,7 +99,7 @@ class ImageFolderSet:
         from torchvision.transforms import v2
 
         transform = v2.Compose([v2.PILToTensor(), v2.Resize(load_size, antialias=True), v2.CenterCrop(load_size)])
-        self.folder = torchvision.datasets.ImageFolder(str(root), transform=transform)
+        self.folder = torchvision.datasets.ImageFolder(str(root), transform=transform, loader=load_image)
         self.name, self.load_size, self.workers = "imagefolder", load_size, workers
         self.num_classes = len(self.folder.classes)
         self.mean, self.std = dataset_entry("imagefolder").stats
@@ -110,42 +127,33 @@ class ImageFolderSet:
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
-# ----------------------------------------------------------------------------- finding files
-def search_roots(data_root: str | None) -> list[Path]:
-    """Where data is looked for, first match wins: --data-root, $MIMBENCH_DATA, Debian's folder."""
-    roots = [Path(data_root)] if data_root else []
-    if os.environ.get("MIMBENCH_DATA"):
-        roots.append(Path(os.environ["MIMBENCH_DATA"]))
-    roots.append(DEBIAN_DATASETS)
-    return roots
-
-
-def find_root(name: str, data_root: str | None, marker: str) -> Path:
-    """The first folder that holds `marker`: each search root itself, then its standard sub-folders."""
-    tried, entry = [], dataset_entry(name)
-    for root in search_roots(data_root):
-        for folder in [root] + [root / sub for sub in entry.folders]:
-            tried.append(str(folder))
-            if (folder / marker).exists() or (folder / (marker + ".gz")).exists():
-                return folder
-    raise ConfigError("data.name", f"{name} not found (looked for {marker} in {', '.join(tried)}); "
-                                   f"{entry.how_to_get}")
-
-
-def _read_idx(path: Path) -> np.ndarray:
+# ----------------------------------------------------------------------------- reading files
+# (finding them, and the cheap checks `mimbench plan` makes, are in bench.data: no torch there)
+def _read_idx(path: Path, name: str = "data") -> np.ndarray:
+    """An unsigned-byte IDX file (gzipped or not) as an array; a one-line ConfigError naming the
+    file when it is not one, or holds fewer or more bytes than its header declares."""
+    expected = "expected an unsigned-byte IDX file"
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise ConfigError(name, f"cannot be read ({' '.join(str(err).split()) or type(err).__name__}); {expected}",
+                          str(path)) from None
+    if len(raw) < 4:
+        raise ConfigError(name, f"holds {len(raw)} bytes; {expected}", str(path))
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+    if zero != 0 or dtype_code != 0x08 or len(raw) < 4 + 4 * ndim:
+        raise ConfigError(name, f"not an unsigned-byte IDX file (header {raw[:4].hex()}); {expected}", str(path))
     shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if len(raw) != 4 + 4 * ndim + size:
+        raise ConfigError(name, f"holds {len(raw) - 4 - 4 * ndim} bytes of data, not the {size} its header declares "
+                                f"({'x'.join(map(str, shape))}): truncated or corrupt; {expected}", str(path))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _idx_file(folder: Path, stem: str) -> Path:
-    plain = folder / stem
-    return plain if plain.exists() else folder / (stem + ".gz")
+_idx_file = idx_file
 
 
 def in_memory(name: str, images: np.ndarray, labels: np.ndarray, classes: int, limit: int | None) -> ImageSet:
@@ -163,9 +171,14 @@ def load_fashion_mnist(name: str, split: str, data_root: str | None, *, limit: i
                        load_size: int) -> ImageSet:
     prefix = "train" if split == "train" else "t10k"
     folder = find_root(name, data_root, f"{prefix}-images-idx3-ubyte")
-    images = _read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))[:, None]
-    labels = _read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
-    return in_memory(name, images, labels, 10, limit)
+    images_path, labels_path = _idx_file(folder, f"{prefix}-images-idx3-ubyte"), _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+    images, labels = _read_idx(images_path, name), _read_idx(labels_path, name)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ConfigError(name, f"holds labels of shape {labels.shape} for images of shape {images.shape} in "
+                                f"{images_path.name}; expected N labels for N x H x W images", str(labels_path))
+    if labels.size and labels.max() >= 10:
+        raise ConfigError(name, f"holds label {labels.max()}; expected labels 0..9", str(labels_path))
+    return in_memory(name, images[:, None], labels, 10, limit)
 
 
 def _read_cifar(name: str, files: list[str], label_key: bytes, classes: int, data_root: str | None,
@@ -173,10 +186,30 @@ def _read_cifar(name: str, files: list[str], label_key: bytes, classes: int, dat
     folder = find_root(name, data_root, files[0])
     images, labels = [], []
     for file in files:
-        with open(folder / file, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
-        images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(entry[label_key])
+        path = folder / file
+        expected = f"expected a python pickle of {{b'data': N x 3072 bytes, {label_key!r}: N labels 0..{classes - 1}}}"
+        try:
+            with open(path, "rb") as f:
+                entry = pickle.load(f, encoding="bytes")
+        except Exception as err:  # a truncated or foreign pickle raises any of a dozen kinds
+            raise ConfigError(name, f"cannot be unpickled ({type(err).__name__}: {' '.join(str(err).split())}); "
+                                    f"{expected}", str(path)) from None
+        if not isinstance(entry, dict) or b"data" not in entry or label_key not in entry:
+            keys = sorted(map(repr, entry))[:4] if isinstance(entry, dict) else type(entry).__name__
+            raise ConfigError(name, f"holds {keys}; {expected}", str(path))
+        try:
+            data = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            file_labels = np.asarray(entry[label_key], dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(name, f"holds data that does not read as images ({' '.join(str(err).split())}); "
+                                    f"{expected}", str(path)) from None
+        if len(data) != len(file_labels) or (file_labels.size and not 0 <= file_labels.min() <= file_labels.max()
+                                             < classes):
+            raise ConfigError(name, f"holds {len(data)} images and {len(file_labels)} labels "
+                                    f"(from {file_labels.min() if file_labels.size else '-'} to "
+                                    f"{file_labels.max() if file_labels.size else '-'}); {expected}", str(path))
+        images.append(data)
+        labels.extend(file_labels.tolist())
     return in_memory(name, np.concatenate(images), np.asarray(labels), classes, limit)
 
 
@@ -192,13 +225,7 @@ def load_cifar100(name: str, split: str, data_root: str | None, *, limit: int | 
 
 def load_imagefolder(name: str, split: str, data_root: str | None, *, limit: int | None,
                      load_size: int) -> ImageFolderSet:
-    roots, entry = search_roots(data_root), dataset_entry(name)
-    folder = next((r / sub / split for r in roots for sub in ("", *entry.folders) if (r / sub / split).is_dir()),
-                  None)
-    if folder is None:
-        raise ConfigError("data.name", f"imagefolder: no {split}/ folder under "
-                                       f"{', '.join(map(str, roots))}; {entry.how_to_get}")
-    return ImageFolderSet(folder, split, load_size, limit)
+    return ImageFolderSet(imagefolder_split(name, data_root, split), split, load_size, limit)
 
 
 def load_synthetic(name: str, split: str, data_root: str | None, *, limit: int | None, load_size: int) -> ImageSet:

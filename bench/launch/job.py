@@ -1,8 +1,9 @@
 """One run, end to end: pre-train, evaluate, write the result. This is what a job executes.
 
-`run_one` writes the resolved config first, appends a metrics line per epoch of every phase,
-and writes result.json last and atomically — the one file that marks the run done. A failure
-leaves error.txt (the traceback) in the run folder and no result.json.
+`run_one` takes the run's lease first (one process per run, see bench.launch.lease), writes the
+resolved config, appends a metrics line per epoch of every phase, and writes result.json last
+and atomically — the one file that marks the run done. A failure leaves error.txt (the phase
+and the traceback) in the run folder and no result.json.
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from pathlib import Path
 import timm
 import torch
 
+from bench import __version__
 from bench.core import cache
 from bench.data import create_dataset
-from bench.launch.store import RunFolder
+from bench.launch.lease import Lease, describe
+from bench.launch.store import RunFolder, read_result, write_failure
 from bench.methods import create_method
 from bench.study.config import resolve
 from bench.study.config import run_id as config_run_id
@@ -67,38 +70,114 @@ def device_name(device: torch.device) -> str:
 
 def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_failure: bool = True,
             catch_preemption: bool = False) -> dict:
-    """Execute one run. Returns {'run_id', 'status': 'done'|'failed', ...}.
+    """Execute one run. Returns {'run_id', 'status': 'done'|'failed'|'running_elsewhere', ...}.
 
+    The run's lease (bench.launch.lease) is taken first: if another live process holds it, the
+    folder is not touched and the outcome is 'running_elsewhere' ('message': already running on
+    HOST pid N) — not a failure. A run found done is not run again ('already_done': True) unless
+    launch['force'] (which also drops its checkpoint; the launcher drops cached pre-trainings).
     A checkpoint left in the run folder (by a preempted or killed attempt of this same config)
-    is resumed. With `catch_preemption`, SIGUSR2 saves a checkpoint at the next training step
-    and is then handed to submitit, which requeues the job.
+    is resumed; a corrupt one is set aside and the run starts again. With
+    `catch_preemption`, SIGUSR2 saves a checkpoint at the next training step and is then handed
+    to submitit, which requeues the job. A failure leaves error.txt with the phase it happened
+    in; one caused by a results folder that refuses writes (read-only, full) carries
+    'cannot_write': [path, reason].
     """
     config = resolve(config)  # one pickled by an older launch gains keys added since (ADDED_LATER: same id)
     rid = config_run_id(config)
     folder = RunFolder(results_root, study, rid)
     if launch.get("threads"):
         torch.set_num_threads(launch["threads"])
-    checkpointer = Checkpointer(folder.checkpoint_path, launch.get("checkpoint_every", 0))
-    saved = checkpointer.load()
+    force = bool(launch.get("force"))
+    checkpointer = Checkpointer(folder.checkpoint_path, launch.get("checkpoint_every", 0), warn=folder.warn)
     rank = distributed.current()
     cache_dir = cache.cache_root(results_root)
     encoder_path = cache.entry_path(cache_dir, "encoders", config_run_id(pretrain_config(config)))
+
+    # the main process takes the lease, decides, and readies the folder; workers follow its verdict
+    lease, verdict, holder, saved, setup_error = None, "run", None, None, None
+    if rank.is_main:
+        lease = Lease(folder.path, kind=launch.get("executor") or "")
+        try:
+            holder = lease.acquire()
+        except OSError as err:
+            reason = write_failure(err)
+            if reason is None or raise_on_failure:
+                raise
+            return {"run_id": rid, "status": "failed", "error": f"{type(err).__name__}: {err}", "phase": "lease",
+                    "cannot_write": [str(folder.path), reason.strerror]}
+        if holder is not None:
+            verdict = "elsewhere"
+        elif not force and folder.is_done():
+            verdict = "done"
+        else:
+            try:
+                saved = _prepare(folder, config, checkpointer, force)
+            except Exception as err:  # reported below, once the workers know
+                setup_error = err
+    if rank.world > 1:  # one verdict for every rank: a worker never trains a run its main skips
+        device = pick_device(launch.get("device", "auto"), rank.local_rank)
+        stop = distributed.any_across(verdict != "run" or setup_error is not None, rank, device)
+        if stop and not rank.is_main:
+            return {"run_id": rid, "status": "skipped", "rank": rank.rank}
     if not rank.is_main:  # a DDP worker: trains its share of every batch; the main process writes
         device = pick_device(launch.get("device", "auto"), rank.local_rank)
+        saved = checkpointer.load()
         if catch_preemption:
             checkpointer.install()
         if (saved is None or saved["phase"] == "pretrain") and not encoder_path.exists():
             pretrain(config, create_dataset(config["data"], "train", launch.get("data_root")), device,
                      checkpointer=checkpointer, cache_dir=cache_dir)
         return {"run_id": rid, "status": "done", "rank": rank.rank}
-    if saved is None:
-        folder.start(config)
-    else:
-        folder.resume(config, pretrain_epochs_done=saved["epoch"])
-    if catch_preemption:
-        checkpointer.install()
-    keep_checkpoints = catch_preemption or checkpointer.every_epochs > 0
+
+    if verdict == "elsewhere":
+        return {"run_id": rid, "status": "running_elsewhere", "holder": holder,
+                "message": f"already running on {describe(holder)}"}
     try:
+        if verdict == "done":  # finished by another launch meanwhile; tidy what a kill after the result left
+            checkpointer.remove()
+            folder.clean_temp_files()
+            return {"run_id": rid, "status": "done", "already_done": True, "result": read_result(folder.result_path)}
+        return _execute(config, rid, study, folder, launch, lease, checkpointer, saved, setup_error, encoder_path,
+                        cache_dir, rank, raise_on_failure, catch_preemption)
+    finally:
+        lease.release()
+
+
+def _prepare(folder: RunFolder, config: dict, checkpointer: Checkpointer, force: bool) -> dict | None:
+    """With the lease held: clear a killed writer's temporaries, start over or resume. Returns the
+    checkpoint resumed from (None: from scratch)."""
+    removed = folder.clean_temp_files()
+    if removed:
+        folder.warn(f"removed temporary files a killed attempt left: {', '.join(sorted(removed))}")
+    if force:  # start over: no resuming from an earlier attempt's checkpoint (the launcher clears the cache)
+        checkpointer.remove()
+    saved = checkpointer.load()  # a corrupt checkpoint is set aside here (warnings.log)
+    if saved is not None:
+        try:
+            folder.resume(config, pretrain_epochs_done=saved["epoch"])
+        except ValueError as err:  # config.yaml unreadable or not this run's: its checkpoint is no use
+            checkpointer.set_aside(str(err))
+            saved = None
+    if saved is None:
+        folder.start(config, force=force)
+    return saved
+
+
+def _execute(config, rid, study, folder, launch, lease, checkpointer, saved, setup_error, encoder_path, cache_dir,
+             rank, raise_on_failure, catch_preemption) -> dict:
+    phase = ["setup"]
+
+    def enter(name: str) -> None:
+        phase[0] = name
+        lease.set_phase(name)
+
+    try:
+        if setup_error is not None:
+            raise setup_error
+        if catch_preemption:
+            checkpointer.install()
+        keep_checkpoints = catch_preemption or checkpointer.every_epochs > 0
         device = pick_device(launch.get("device", "auto"), rank.local_rank)
         start = time.perf_counter()
         data_root = launch.get("data_root")
@@ -109,6 +188,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
             encoder_state, stats, n_params = saved["encoder"], saved["stats"], saved["n_params"]
             pretrained_by = saved.get("pretrained_by", rid)
         else:
+            enter("pretrain")
             built = []
 
             def pretrain_encoder() -> dict:
@@ -125,7 +205,8 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
                     entry = pretrain_encoder()
                     cache.save(encoder_path, entry)
             else:
-                entry = cache.get_or_build(cache_dir, "encoders", encoder_path.stem, pretrain_encoder)
+                entry = cache.get_or_build(cache_dir, "encoders", encoder_path.stem, pretrain_encoder,
+                                           warn=folder.warn)
             distributed.shutdown()  # the evals run in the main process alone
             if not built:  # reused: the pre-training's own metrics, marked with the run that made them
                 for row in entry.get("metrics", []):
@@ -141,7 +222,9 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
         evals = {}
         for name in list_evals():
             if config["evals"][name]["enabled"]:
+                enter(name)
                 evals[name] = create_eval(name)(config, encoder_state, train_set, test_set, device, log)
+        enter("result")
         result = {
             "run_id": rid,
             "study": study,
@@ -162,6 +245,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
             "n_params_encoder": n_params_encoder,
             "torch_version": torch.__version__,
             "timm_version": timm.__version__,
+            "mimbench_version": __version__,
             "git_commit": git_commit(),
             "device": device_name(device),
             "host": platform.node(),
@@ -174,7 +258,14 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
     except Preempted:
         raise
     except Exception as err:
-        folder.write_error(traceback.format_exc())
+        refused = write_failure(err)
+        try:
+            folder.write_error(traceback.format_exc(), phase=phase[0])
+        except OSError:
+            pass  # a full or read-only folder: the launcher says so in one line
         if raise_on_failure:
             raise
-        return {"run_id": rid, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+        outcome = {"run_id": rid, "status": "failed", "error": f"{type(err).__name__}: {err}", "phase": phase[0]}
+        if refused is not None:
+            outcome["cannot_write"] = [str(folder.path), refused.strerror]
+        return outcome

@@ -6,28 +6,39 @@
     slurm   submitit's AutoExecutor: all runs of the launch as one job array, at most
             `parallel` at a time, with partition, time, GPUs, CPUs and memory from the launch.
 
-Runs whose folder already holds a complete result.json are skipped unless forced. While jobs
-run, a progress bar per run follows its metrics.jsonl (epochs done / epochs planned).
+Runs whose folder already holds a complete result.json are skipped unless forced. A run whose
+lease another live process holds (bench.launch.lease: a second `mimbench run` of the same
+study, on any executor) is left to it and counted as "running elsewhere" — not failed, not
+done; the check is made again just before each run is started, and `run_one` itself takes the
+lease, so two launches started together never run one run twice. On SLURM, the "submitting"
+records are written (under the study's .launch.lock) before `map_array` submits, so a
+concurrent launch sees those runs as queued. A results folder that refuses writes (read-only,
+full) stops the launch with one line (CannotWrite; exit status 2). While jobs run, a progress
+bar per run follows its metrics.jsonl (epochs done / epochs planned).
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import submitit
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bench.launch.job import pretrain_config, run_one
-from bench.study.spec import Run, Study
 from bench.core import cache
-from bench.train import distributed
-from bench.launch.status import live_run_ids, slurm_states, write_job
-from bench.launch.store import RunFolder, write_study_manifest
+from bench.launch import lease as leases
+from bench.launch.job import pretrain_config, run_one
+from bench.launch.status import busy_runs, clear_submitting, slurm_states, write_job, write_submitting
+from bench.launch.store import CannotWrite, RunFolder, write_failure, write_study_manifest
 from bench.study.config import run_id
+from bench.study.spec import Run, Study
+from bench.train import distributed
 
 
 @dataclass
@@ -37,6 +48,8 @@ class LaunchOutcome:
     skipped: list[str] = field(default_factory=list)
     submitted: list[str] = field(default_factory=list)  # when not waiting (slurm --no-wait)
     already_running: list[str] = field(default_factory=list)  # live SLURM jobs of an earlier launch
+    running_elsewhere: dict[str, str] = field(default_factory=dict)  # run_id -> "HOST pid N": another process's lease
+    cannot_write: tuple[str, str] | None = None  # (path, reason): the results folder refused a write
 
 
 def planned_epochs(config: dict) -> int:
@@ -45,11 +58,40 @@ def planned_epochs(config: dict) -> int:
 
 
 def runs_to_do(study: Study, results_root: str | Path, force: bool = False) -> tuple[list[Run], list[Run]]:
-    """(to run, already done)."""
+    """(to run, already done). A done run's leftover checkpoint (a kill between writing the result
+    and removing it) is removed, under the run's lease."""
     todo, done = [], []
     for run in study.runs:
-        (done if not force and RunFolder(results_root, study.name, run.run_id).is_done() else todo).append(run)
+        folder = RunFolder(results_root, study.name, run.run_id)
+        is_done = folder.is_done()
+        (done if not force and is_done else todo).append(run)
+        if is_done and not force and folder.checkpoint_path.exists():
+            _tidy_done(folder)
     return todo, done
+
+
+def _tidy_done(folder: RunFolder) -> None:
+    lease = leases.Lease(folder.path, kind="tidy")
+    try:
+        if lease.acquire(wait_s=0) is None and folder.is_done():
+            folder.checkpoint_path.unlink(missing_ok=True)
+            folder.clean_temp_files()
+    except OSError:
+        pass  # a read-only folder: nothing to tidy
+    finally:
+        lease.release()
+
+
+@contextmanager
+def _launch_lock(study_dir: Path) -> Iterator[None]:
+    """The study's .launch.lock, held while a launch decides what to submit and marks it."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with open(study_dir / ".launch.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _last_error_line(folder: RunFolder, fallback: str) -> str:
@@ -69,6 +111,7 @@ class _RunProgress:
                                  TimeElapsedColumn(), console=console, transient=False)
         self.overall = self.progress.add_task(f"[bold]{study.name}[/] runs", total=total)
         self.per_run: dict[str, int] = {}
+        self.totals: dict[str, int] = {}
 
     def __enter__(self):
         self.progress.__enter__()
@@ -79,13 +122,14 @@ class _RunProgress:
 
     def started(self, run: Run):
         label = " ".join(f"{k.split('.')[-1]}={v}" for k, v in run.varying.items()) or run.run_id
+        self.totals[run.run_id] = planned_epochs(run.config)
         self.per_run[run.run_id] = self.progress.add_task(f"  {label} ({run.run_id[:6]}) epochs",
-                                                          total=planned_epochs(run.config))
+                                                          total=self.totals[run.run_id])
 
     def refresh(self):
         for rid, task in self.per_run.items():
             rows = len(RunFolder(self.root, self.study.name, rid).read_metrics())
-            self.progress.update(task, completed=rows)
+            self.progress.update(task, completed=min(rows, self.totals[rid]))  # (a copied pre-training's rows too)
 
     def finished(self, run: Run):
         self.refresh()
@@ -98,40 +142,53 @@ def _local_threads(launch: dict) -> int:
 
 def launch_study(study: Study, results_root: str | Path = "results", force: bool = False, wait: bool = True,
                  console: Console | None = None) -> LaunchOutcome:
+    """Run (or submit) the study's runs that are neither done (unless `force`) nor running elsewhere.
+
+    Raises CannotWrite (one line) when the results folder refuses writes."""
     console = console or Console(stderr=True)
     results_root = str(results_root)
-    write_study_manifest(Path(results_root) / study.name, study.name, study.description, study.path,
-                         study.axes, [r.run_id for r in study.runs], study.zip_groups, study.paper)
-    todo, done = runs_to_do(study, results_root, force)
-    outcome = LaunchOutcome(skipped=[r.run_id for r in done])
-    live = live_run_ids(Path(results_root) / study.name, [r.run_id for r in todo])
-    if live:  # pending or running on SLURM from an earlier launch: leave them be
-        outcome.already_running = sorted(live)
-        todo = [r for r in todo if r.run_id not in live]
-    if force:  # start over: no resuming from an earlier attempt's checkpoint, no cached pre-training
-        for run in todo:
-            RunFolder(results_root, study.name, run.run_id).checkpoint_path.unlink(missing_ok=True)
-            cache.entry_path(cache.cache_root(results_root), "encoders",
-                             run_id(pretrain_config(run.config))).unlink(missing_ok=True)
+    study_dir = Path(results_root) / study.name
+    try:  # the first write: a read-only or full results folder stops here, before anything runs
+        write_study_manifest(study_dir, study.name, study.description, study.path,
+                             study.axes, [r.run_id for r in study.runs], study.zip_groups, study.paper)
+    except OSError as err:
+        reason = write_failure(err) or err
+        raise CannotWrite(study_dir, reason.strerror or str(reason)) from None
+    launch = dict(study.launch)
+    launch["force"] = force
+    if launch["executor"] == "slurm":
+        return _launch_slurm(study, results_root, launch, force, wait, console)
+    outcome, todo = _plan(study, results_root, force)
     if not todo:
         return outcome
-    launch = dict(study.launch)
-    logs = Path(results_root) / study.name / ".submitit"
-    executor_name = launch["executor"]
+    logs = study_dir / ".submitit"
 
-    if executor_name == "debug":
+    def startable(run: Run) -> bool:
+        """Asked again just before a run starts: another launch may have taken or finished it."""
+        folder = RunFolder(results_root, study.name, run.run_id)
+        held = leases.holder(folder.path)
+        if held is not None:
+            outcome.running_elsewhere[run.run_id] = leases.describe(held)
+            return False
+        if not force and folder.is_done():
+            outcome.skipped.append(run.run_id)
+            return False
+        return True
+
+    if launch["executor"] == "debug":
         executor = submitit.DebugExecutor(folder=logs)
         with _RunProgress(study, results_root, len(todo), console) as progress:
             for run in todo:
+                if outcome.cannot_write or not startable(run):
+                    progress.progress.advance(progress.overall)
+                    continue
                 progress.started(run)
                 # run_one records a failure itself and returns it, so the DebugExecutor never
                 # reaches its post-mortem debugger.
                 job = executor.submit(run_one, run.config, study.name, results_root, launch, False)
                 _record(outcome, run, job.result())
                 progress.finished(run)
-        return outcome
-
-    if executor_name == "local":
+    else:  # local
         launch["threads"] = _local_threads(launch)
         executor = submitit.LocalExecutor(folder=logs)
         executor.update_parameters(timeout_min=launch["timeout_min"])
@@ -140,8 +197,14 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
             while pending or running:
                 while pending and len(running) < launch["parallel"]:  # submit in waves
                     run = pending.pop(0)
-                    running[run.run_id] = (run, executor.submit(run_one, run.config, study.name, results_root, launch))
+                    if outcome.cannot_write or not startable(run):
+                        progress.progress.advance(progress.overall)
+                        continue
+                    running[run.run_id] = (run, executor.submit(run_one, run.config, study.name, results_root,
+                                                                launch, False))
                     progress.started(run)
+                if not running:
+                    break
                 time.sleep(1.0)
                 progress.refresh()
                 for rid, (run, job) in list(running.items()):
@@ -149,10 +212,36 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
                         _collect(outcome, run, job, results_root, study.name)
                         progress.finished(run)
                         del running[rid]
-        return outcome
+    if outcome.cannot_write:
+        raise CannotWrite(*outcome.cannot_write)
+    return outcome
 
-    # slurm: one job array of checkpointable runs
-    executor = submitit.AutoExecutor(folder=logs, cluster="slurm", slurm_max_num_timeout=launch["max_requeues"])
+
+def _plan(study: Study, results_root: str, force: bool) -> tuple[LaunchOutcome, list[Run]]:
+    """What to run now: neither done (unless forced) nor queued or running anywhere."""
+    todo, done = runs_to_do(study, results_root, force)
+    outcome = LaunchOutcome(skipped=[r.run_id for r in done])
+    busy = busy_runs(Path(results_root) / study.name, [r.run_id for r in todo])
+    for rid, status in busy.items():
+        if status.queued:  # pending or running on SLURM (or being submitted): leave it be
+            outcome.already_running.append(rid)
+        else:  # its lease is held by a live process of another launch
+            outcome.running_elsewhere[rid] = leases.describe(status.holder or {})
+    outcome.already_running.sort()
+    todo = [r for r in todo if r.run_id not in busy]
+    if force:  # no cached pre-training either (each run's checkpoint goes in run_one, under its lease);
+        # runs that share a pre-training then share the one built anew
+        for key in {run_id(pretrain_config(r.config)) for r in todo}:
+            cache.entry_path(cache.cache_root(results_root), "encoders", key).unlink(missing_ok=True)
+    return outcome, todo
+
+
+def _launch_slurm(study: Study, results_root: str, launch: dict, force: bool, wait: bool,
+                  console: Console) -> LaunchOutcome:
+    """One job array of checkpointable runs."""
+    study_dir = Path(results_root) / study.name
+    executor = submitit.AutoExecutor(folder=study_dir / ".submitit", cluster="slurm",
+                                     slurm_max_num_timeout=launch["max_requeues"])
     params = dict(timeout_min=launch["timeout_min"], slurm_array_parallelism=launch["parallel"],
                   gpus_per_node=launch["gpus_per_node"], tasks_per_node=launch["tasks_per_node"],
                   nodes=launch["nodes"], name=f"mimbench-{study.name}")
@@ -164,12 +253,25 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
     executor.update_parameters(**params)
     if launch["cpus_per_task"] and not launch["threads"]:
         launch["threads"] = launch["cpus_per_task"]
-    n = len(todo)
-    for run in todo:  # an earlier attempt's failure no longer describes a run submitted again
-        RunFolder(results_root, study.name, run.run_id).error_path.unlink(missing_ok=True)
-    jobs = executor.map_array(RunJob(), [r.config for r in todo], [study.name] * n, [results_root] * n, [launch] * n)
-    for run, job in zip(todo, jobs):
-        write_job(RunFolder(results_root, study.name, run.run_id), job.job_id, "slurm")
+    # deciding what to submit and marking it is one step: two launches cannot both pick a run
+    with _launch_lock(study_dir):
+        outcome, todo = _plan(study, results_root, force)
+        if not todo:
+            return outcome
+        folders = [RunFolder(results_root, study.name, r.run_id) for r in todo]
+        for folder in folders:  # an earlier attempt's failure no longer describes a run submitted again
+            folder.error_path.unlink(missing_ok=True)
+            write_submitting(folder)
+        n = len(todo)
+        try:
+            jobs = executor.map_array(RunJob(), [r.config for r in todo], [study.name] * n, [results_root] * n,
+                                      [launch] * n)
+        except BaseException:
+            for folder in folders:
+                clear_submitting(folder)
+            raise
+        for folder, job in zip(folders, jobs):
+            write_job(folder, job.job_id, "slurm")
     if not wait:
         outcome.submitted = [r.run_id for r in todo]
         return outcome
@@ -221,17 +323,48 @@ class RunJob(submitit.helpers.Checkpointable):
         finally:
             distributed.shutdown()
 
+    def checkpoint(self, config: dict, study: str, results_root: str, launch: dict):
+        """Requeue this same call, but never forced again: the new attempt resumes its checkpoint."""
+        return submitit.helpers.DelayedSubmission(self, config, study, results_root, {**launch, "force": False})
+
 
 def _record(outcome: LaunchOutcome, run: Run, returned: dict) -> None:
-    if returned.get("status") == "done":
-        outcome.done.append(run.run_id)
+    status = returned.get("status")
+    if status == "done":
+        (outcome.skipped if returned.get("already_done") else outcome.done).append(run.run_id)
+    elif status == "running_elsewhere":
+        outcome.running_elsewhere[run.run_id] = leases.describe(returned.get("holder") or {})
     else:
         outcome.failed[run.run_id] = returned.get("error", "failed")
+        if returned.get("cannot_write") and not outcome.cannot_write:
+            outcome.cannot_write = tuple(returned["cannot_write"])
 
 
 def _collect(outcome: LaunchOutcome, run: Run, job, results_root: str, study: str) -> None:
     try:
+        if isinstance(job, submitit.LocalJob) and job.state == "INTERRUPTED" and not job.paths.result_pickle.exists():
+            # killed by a signal: no result will come (submitit would wait 15 s for one)
+            raise RuntimeError(f"local job {job.job_id} was killed by a signal")
         _record(outcome, run, job.results()[0])  # task 0 (the main process) holds the run's outcome
     except Exception as err:  # the job raised, was killed, or timed out
         folder = RunFolder(results_root, study, run.run_id)
-        outcome.failed[run.run_id] = _last_error_line(folder, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        fallback = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        _note_death(folder, fallback)
+        outcome.failed[run.run_id] = _last_error_line(folder, fallback)
+
+
+def _note_death(folder: RunFolder, what: str) -> None:
+    """A job process that died without a word (killed, out of memory) leaves error.txt all the same:
+    the phase it was in (from its stale lease.json), written under the run's lease."""
+    if folder.error_path.exists() or folder.is_done():
+        return
+    lease = leases.Lease(folder.path, kind="launcher")
+    try:
+        stale = leases.read_lease(folder.path) or {}
+        if lease.acquire(wait_s=0) is None and not folder.is_done():
+            folder.write_error(f"the job's process ({stale.get('host', '?')} pid {stale.get('pid', '?')}) ended "
+                               f"without a result: {what}\n", phase=stale.get("phase", "unknown"))
+    except OSError:
+        pass
+    finally:
+        lease.release()

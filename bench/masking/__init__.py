@@ -21,10 +21,12 @@ validating a config stays quick. Adding a strategy is one `register_strategy` ca
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from bench.core.errors import ConfigError
+from bench.core.options import INT_LIMIT, is_number_text, quoted_number
 from bench.core.registry import Registry, load
 from bench.masking.ratios import GRID_CELLS, GRID_TOLERANCE, grid_cell, num_masked  # noqa: F401 (num_masked: public)
 
@@ -81,7 +83,8 @@ def resolve_params(name: str, params: dict, ratio: float, grid_hw: tuple[int, in
     strategy = _STRATEGIES.get(name, key=f"masking.params.{_prefix}" if _prefix else None)
     defaults = strategy.defaults
     if not isinstance(params or {}, dict):
-        raise ConfigError("masking.params", f"{params!r} has the wrong type; allowed: a mapping")
+        raise ConfigError(f"masking.params.{_prefix[:-1]}" if _prefix else "masking.params",
+                          f"{params!r} has the wrong type; allowed: a mapping")
     params = dict(params or {})
     for key in params:
         if key not in defaults:
@@ -94,10 +97,16 @@ def resolve_params(name: str, params: dict, ratio: float, grid_hw: tuple[int, in
         if value is None and defaults[key] is None:
             continue
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            value = _as_float(f"masking.params.{_prefix}{key}", value)
         if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            if kind in (int, float) and is_number_text(value):
+                raise quoted_number(f"masking.params.{_prefix}{key}", value, kind.__name__)
             raise ConfigError(f"masking.params.{_prefix}{key}",
                               f"{value!r} has the wrong type; allowed: {kind.__name__}")
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(f"masking.params.{_prefix}{key}", f"{value!r} is not a finite number; allowed: float")
+        if kind is int and not -INT_LIMIT <= value < INT_LIMIT:
+            raise ConfigError(f"masking.params.{_prefix}{key}", f"{value!r} is out of range; allowed: int below 2**63")
         out[key] = value
     return strategy.check(out, ratio, grid_hw, _prefix) if strategy.check else out
 
@@ -131,6 +140,13 @@ def exact_count(mask: torch.Tensor, count: int, generator: torch.Generator) -> t
 _COMPOSED = ("tube", "multi")  # built from other strategies: neither can contain the other
 
 
+def _as_float(key: str, value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float
+        raise ConfigError(key, f"an integer of {len(str(abs(value)))} digits is out of range; allowed: float") from None
+
+
 def _check_range(key: str, value: Any, ok: bool, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"masking.params.{key}", f"{value!r} is out of range; allowed: {allowed}")
@@ -140,6 +156,12 @@ def _check_block(out: dict, ratio: float, grid_hw, prefix: str) -> dict:
     _check_range(prefix + "min_patches", out["min_patches"], out["min_patches"] >= 1, ">= 1")
     _check_range(prefix + "min_aspect", out["min_aspect"], 0 < out["min_aspect"] <= 1, "0 < x <= 1")
     _check_range(prefix + "attempts", out["attempts"], out["attempts"] >= 1, ">= 1")
+    if out["max_patches"] is not None:
+        _check_range(prefix + "max_patches", out["max_patches"], out["max_patches"] >= out["min_patches"],
+                     f"null or an int >= min_patches {out['min_patches']}")
+    if out["max_aspect"] is not None:
+        _check_range(prefix + "max_aspect", out["max_aspect"], out["max_aspect"] >= out["min_aspect"],
+                     f"null or a float >= min_aspect {out['min_aspect']}")
     return out
 
 
@@ -147,7 +169,7 @@ def _check_grid(out: dict, ratio: float, grid_hw, prefix: str) -> dict:
     """A cell, if given, is [a, b] with a*b >= 2; its pattern (or the default cell's) must make `ratio`."""
     cell = out["cell"]
     if cell is not None:
-        _check_range(prefix + "cell", cell, len(cell) == 2 and all(isinstance(v, int) and v >= 1 for v in cell)
+        _check_range(prefix + "cell", cell, len(cell) == 2 and all(type(v) is int and 1 <= v < INT_LIMIT for v in cell)
                      and cell[0] * cell[1] >= 2, "[a, b], two integers >= 1 with a*b >= 2")
     cell = tuple(cell) if cell else grid_cell(ratio)
     pattern = 1 - 1 / (cell[0] * cell[1])
@@ -186,8 +208,9 @@ def _check_multi(out: dict, ratio: float, grid_hw, prefix: str) -> dict:
     for key, weight in weights.items():
         if key not in _STRATEGIES or key in _COMPOSED:
             raise ConfigError(f"masking.params.weights.{key}", f"not a strategy to mix; allowed: {allowed}")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ConfigError(f"masking.params.weights.{key}", f"{weight!r} is not allowed; allowed: a number >= 0")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < 1e300:
+            raise ConfigError(f"masking.params.weights.{key}",
+                              f"{weight!r} is not allowed; allowed: a finite number >= 0")
     if not weights or sum(weights.values()) <= 0:
         raise ConfigError("masking.params.weights", "needs at least one positive weight")
     for key in out["params"]:

@@ -152,6 +152,10 @@ class MaskedAutoencoderViT(nn.Module):
     def forward_encoder(self, imgs: torch.Tensor, mask: torch.Tensor):
         """Encode the visible patches only. Returns latent (B×(1+V)×D) and ids_restore (B×L).
         With mask_token_in_encoder: all patches, masked ones as the mask token (B×(1+L)×D)."""
+        counts = mask.sum(dim=1)
+        if mask.shape[0] > 1 and bool((counts != counts[0]).any()):
+            raise ValueError(f"the mask has unequal counts per row ({int(counts.min())}..{int(counts.max())} "
+                             f"masked of {mask.shape[1]}); every image must hide the same number of patches")
         x = self.patch_embed(imgs)
         batch, length, dim = x.shape
         if self.encoder_mask_token is not None:
@@ -166,7 +170,7 @@ class MaskedAutoencoderViT(nn.Module):
         # visible patches first (in position order), then the masked ones
         ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
-        num_visible = length - int(mask[0].sum())
+        num_visible = length - int(counts[0])
         ids_keep = ids_shuffle[:, :num_visible]
         x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
         cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(batch, -1, -1)

@@ -19,14 +19,16 @@ from typing import Any, Callable
 
 from bench.core.errors import ConfigError
 from bench.core.hashing import canonical_json, digest
-from bench.core.options import Option
+from bench.core.options import Option, short_repr
 from bench import masking, targets
-from bench.data import list_augmentations, list_datasets
+from bench.data import dataset_entry, list_augmentations, list_datasets
 from bench.masking import list_strategies
 from bench.methods import list_methods, list_presets
 from bench.methods import preset as preset_numbers
 from bench.targets import list_targets
 
+
+SEED_MAX = 2 ** 32 - 1  # torch's generators take seed * 1_000_003 + ...: kept well inside 64 bits
 
 _MODEL_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
                "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
@@ -34,7 +36,7 @@ _MODEL_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
 # ----------------------------------------------------------------------------- the schema
 SCHEMA: dict = {
     "method": Option("mae", str, choices=list_methods, help="the pre-training method (bench.methods)"),
-    "seed": Option(0, int, low=0, help="seeds weights, data order, augmentation and masks"),
+    "seed": Option(0, int, low=0, high=SEED_MAX, help="seeds weights, data order, augmentation and masks"),
     "data": {
         "name": Option("fashion_mnist", str, choices=list_datasets),
         "img_size": Option(32, int, low=8, help="side of the model's input, in pixels"),
@@ -183,6 +185,9 @@ def resolve(partial: dict | None) -> dict:
         if model[width] % model[heads]:
             raise ConfigError(f"model.{heads}", f"{model[heads]} does not divide model.{width} {model[width]}")
     grid = cfg["data"]["img_size"] // model["patch_size"]
+    if grid * grid < 2:
+        raise ConfigError("data.img_size", f"{cfg['data']['img_size']} px is one patch of model.patch_size "
+                          f"{model['patch_size']}; allowed: at least 2 patches (img_size >= 2 x patch_size)")
     cfg["masking"]["params"] = masking.resolve_params(
         cfg["masking"]["strategy"], cfg["masking"]["params"], cfg["masking"]["ratio"], (grid, grid))
     cfg["pretrain"]["target_params"] = targets.resolve_params(cfg["pretrain"]["target"], cfg["pretrain"]["target_params"])
@@ -200,7 +205,43 @@ def resolve(partial: dict | None) -> dict:
     return cfg
 
 
+def check_fits(cfg: dict) -> None:
+    """What a resolved config's parts must agree on that only the dataset knows: the target's
+    parameters against the patch (patch_size² px × the dataset's channels). Raises a one-line
+    ConfigError; `load_study` calls it for every run, so a job never fails on it."""
+    channels = dataset_entry(cfg["data"]["name"]).channels
+    targets.check_fits(cfg["pretrain"]["target"], cfg["pretrain"]["target_params"], cfg["model"]["patch_size"],
+                       channels)
+
+
+def check_partial(partial: dict, skip: tuple = ()) -> None:
+    """Check every key of a partial config that it sets (unknown keys, types, ranges), without the
+    checks across keys; `skip`: dotted keys (and what is under them) left to `resolve`."""
+    if not isinstance(partial, dict):
+        raise ConfigError("<top>", f"must be a mapping with keys {', '.join(SCHEMA)}")
+    _check_set(partial, SCHEMA, "", skip)
+
+
+def _check_set(tree: dict, schema: dict, prefix: str, skip: tuple) -> None:
+    for name, value in tree.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if any(key == s or key.startswith(s + ".") for s in skip):
+            continue
+        sub = schema.get(name) if isinstance(name, str) else None
+        if sub is None:
+            raise ConfigError(key, f"unknown key; allowed here: {', '.join(schema)}")
+        if isinstance(sub, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(key, f"must be a mapping with keys {', '.join(sub)}")
+            _check_set(value, sub, key, skip)
+        else:
+            sub.check(key, value)
+
+
 def resolve_launch(partial: dict | None) -> dict:
+    if partial is not None and not isinstance(partial, dict):
+        raise ConfigError("launch", f"{short_repr(partial)} is not allowed; allowed: a mapping with keys "
+                                    f"{', '.join(LAUNCH_SCHEMA)}")
     return _check_tree(partial or {}, LAUNCH_SCHEMA, "launch")
 
 

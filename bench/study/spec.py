@@ -23,7 +23,14 @@ replaced). A spec that `extends` another
 file is merged over it the same way, mapping by mapping (lists replace).
 
 Everything is validated before anything runs; a problem stops with one line naming the file,
-the key and what is allowed.
+the key as written there and what is allowed. The key says where the value came from:
+`base.masking.ratio`, `profiles.small.base.pretrain.epochs` (a profile's base), `grid.masking.ratio[2]`
+or `zip[0].masking.ratio[1]` (the grid's or zip's value at that index), `seeds[3]`; the file is the
+one that wrote it (a recipe the spec `extends`, say). An error that only one grid point meets
+names that point's values. A value the spec does not set is named by its config key, as the
+default. The YAML is read strictly (bench.core.yamlio: YAML 1.2 numbers, no duplicate keys), a
+study has at most MAX_RUNS runs, and `check_data` (which `mimbench plan` and `run` call) looks at
+the data files before anything runs.
 """
 from __future__ import annotations
 
@@ -32,15 +39,19 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from bench.core.errors import ConfigError
 from bench.core.hashing import canonical_json
-from bench.study.config import is_known_key, resolve, resolve_launch, run_id, set_dotted
+from bench.core.options import Option, is_number_text, quoted_number, short_repr
+from bench.core.yamlio import load_file
+from bench.study.config import (SCHEMA, SEED_MAX, check_fits, check_partial, is_known_key, resolve,
+                                resolve_launch, run_id, set_dotted)
 
 SPEC_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "launch", "profiles", "paper", "extends")
 PROFILE_KEYS = ("description", "base", "grid", "zip", "seeds", "launch", "extends")
+MAX_RUNS = 10_000  # runs in one study: more is a typo (or a study to split), and plan would crawl
+COMMAND_LINE = "command line"  # the source named for a bad --flag
 
 
 @dataclass
@@ -60,172 +71,401 @@ class Study:
     zip_groups: list[list[str]] = field(default_factory=list)  # keys that vary together
     launch: dict = field(default_factory=dict)
     paper: dict | None = None  # {source: mae, subtable: table1f}: the paper's numbers the report compares with
+    written: dict = field(default_factory=dict, repr=False)  # launch key -> (file, key as written): for errors
 
 
-def _load_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError("<file>", f"cannot read the spec ({err.strerror})", str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise ConfigError("<yaml>", f"not valid YAML at {where}: {getattr(err, 'problem', err)}", str(path)) from None
+# ----------------------------------------------------------------------------- where values were written
+# A spec is merged from files (extends) and profiles. Beside each merged tree goes a map from each
+# of its paths (a tuple of keys and list indices) to where that part was written: (file, path there).
+Where = dict  # tuple path -> (file, tuple path as written)
+
+
+def _written(value: Any, file: str, at: tuple = ()) -> Where:
+    """Every part of `value`, written in `file` at path `at`."""
+    out = {(): (file, at)}
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, sub in items:
+        for path, written in _written(sub, file, at + (key,)).items():
+            out[(key,) + path] = written
+    return out
+
+
+def _sub(where: Where, key: Any) -> Where:
+    return {path[1:]: w for path, w in where.items() if path[:1] == (key,)}
+
+
+def _put(where: Where, key: Any, sub: Where) -> Where:
+    out = {path: w for path, w in where.items() if path[:1] != (key,)}
+    out.update({(key,) + path: w for path, w in sub.items()})
+    return out
+
+
+def _merge(base: dict, overlay: dict, base_where: Where | None = None,
+           overlay_where: Where | None = None) -> tuple[dict, Where]:
+    """`overlay` merged into a copy of `base`, mapping by mapping (lists replace), and where each
+    part of the result was written."""
+    out, where = dict(base), dict(base_where or {})
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key], sub = _merge(out[key], value, _sub(where, key), _sub(overlay_where or {}, key))
+        else:
+            out[key], sub = copy.deepcopy(value), _sub(overlay_where or {}, key)
+        where = _put(where, key, sub)
+    return out, where
+
+
+def _show_path(parts: tuple) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if type(part) is int else (f".{part}" if out else str(part))
+    return out or "<top>"
+
+
+def _error(where: Where, path: tuple, message: str) -> ConfigError:
+    """A ConfigError naming the file and the key where the part at `path` was written."""
+    for i in range(len(path), -1, -1):
+        if path[:i] in where:
+            file, written = where[path[:i]]
+            return ConfigError(_show_path(written + path[i:]), message, file)
+    return ConfigError(_show_path(path), message)
+
+
+def _locate(tree: Any, dotted: str) -> tuple | None:
+    """The path of the dotted config key `dotted` in the nested mapping `tree`; None if not set."""
+    if not isinstance(tree, dict):
+        return None
+    for key in tree:
+        text = str(key)
+        if dotted == text:
+            return (key,)
+        if dotted.startswith(text + "."):
+            rest = _locate(tree[key], dotted[len(text) + 1:])
+            if rest is not None:
+                return (key,) + rest
+    return None
+
+
+# ----------------------------------------------------------------------------- reading
+def _load_yaml(path: Path, file: str) -> dict:
+    data = load_file(path)
     if not isinstance(data, dict):
-        raise ConfigError("<top>", f"a spec is a mapping with keys {', '.join(SPEC_KEYS)}", str(path))
+        raise ConfigError("<top>", f"a spec is a mapping with keys {', '.join(SPEC_KEYS)}", file)
     return data
 
 
-def _axis_lists(mapping, where: str) -> dict[str, list]:
+def _axis_lists(mapping: Any, where: Where, at: tuple) -> dict[str, list]:
     if not isinstance(mapping, dict):
-        raise ConfigError(where, "must be a mapping of dotted config keys to lists of values")
+        raise _error(where, at, f"{short_repr(mapping)} is not allowed; allowed: a mapping of dotted config keys "
+                                "to lists of values")
     out = {}
     for key, values in mapping.items():
         if not isinstance(key, str) or not is_known_key(key) or key == "seed":
             hint = "use `seeds` for seeds" if key == "seed" else "a dotted config key such as masking.ratio"
-            raise ConfigError(f"{where}.{key}", f"unknown key; allowed: {hint}")
+            raise _error(where, at + (key,), f"unknown key; allowed: {hint}")
         if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}.{key}", "must be a non-empty list of values")
+            raise _error(where, at + (key,), f"{short_repr(values)} is not allowed; allowed: a non-empty list of values")
+        option = _option(key)
+        if option is not None:  # a leaf of the schema: each value checked once, here
+            for i, value in enumerate(values):
+                try:
+                    option.check(key, value)
+                except ConfigError as err:
+                    raise _error(where, at + (key, i), err.detail) from None
         out[key] = values
     return out
 
 
-def _seeds(value) -> list[int]:
+def _option(dotted: str) -> Option | None:
+    """The schema's Option at a dotted key (None below a dict-valued option, e.g. masking.params.x)."""
+    node: Any = SCHEMA
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node[part]
+    return node if isinstance(node, Option) else None
+
+
+def _seeds(value: Any, where: Where, at: tuple = ("seeds",)) -> list[int]:
+    allowed = (f"a count >= 1 or a list of integers >= 0 (at most {MAX_RUNS} seeds, each at most {SEED_MAX})")
     if value is None:
         return []
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return list(range(value))
-    if isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                                 for s in value):
+    if type(value) is int:
+        if 1 <= value <= MAX_RUNS:
+            return list(range(value))
+        raise _error(where, at, f"{short_repr(value)} is {'out of range' if value > 0 else 'not allowed'}; "
+                                f"allowed: {allowed}")
+    if isinstance(value, list) and value:
+        if len(value) > MAX_RUNS:
+            raise _error(where, at, f"a list of {len(value)} seeds is too long; allowed: {allowed}")
+        for i, seed in enumerate(value):
+            if type(seed) is not int or not 0 <= seed <= SEED_MAX:
+                if is_number_text(seed):
+                    raise _error(where, at + (i,), quoted_number("", seed, f"an integer 0..{SEED_MAX}").detail)
+                raise _error(where, at + (i,), f"{short_repr(seed)} is not allowed; allowed: an integer 0..{SEED_MAX}")
         return list(value)
-    raise ConfigError("seeds", f"{value!r} is not allowed; allowed: a count >= 1 or a list of integers >= 0")
+    if is_number_text(value):
+        raise _error(where, at, quoted_number("", value, allowed).detail)
+    raise _error(where, at, f"{short_repr(value)} is not allowed; allowed: {allowed}")
 
 
 def load_study(path: str | Path, launch_overrides: dict | None = None, profile: str | None = None) -> Study:
     """Read, validate and expand a spec (in one of its profiles). Raises ConfigError naming the file."""
     path = Path(path)
     try:
-        return _expand(apply_profile(_load_extended(path), profile), path, launch_overrides or {})
+        spec, where = _load_extended(path, str(path))
+        spec, where = apply_profile(spec, profile, where)
+        return _expand(spec, where, path, launch_overrides or {})
     except ConfigError as err:
         raise err if err.source else err.at(str(path)) from None
 
 
-def _load_extended(path: Path, seen: tuple = ()) -> dict:
-    """The spec at `path`, merged over the file it `extends` (recursively)."""
-    spec = _load_yaml(path)
+def _load_extended(path: Path, file: str, seen: tuple = ()) -> tuple[dict, Where]:
+    """The spec at `path`, merged over the file it `extends` (recursively), and where each part was written."""
+    spec = _load_yaml(path, file)
+    where = _written(spec, file)
     parent = spec.pop("extends", None)
     if parent is None:
-        return spec
-    if not isinstance(parent, str):
-        raise ConfigError("extends", f"{parent!r} is not allowed; allowed: a path to a spec, relative to this one")
+        return spec, where
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError("extends", f"{short_repr(parent)} is not allowed; allowed: a path to a spec, relative "
+                                     "to this one", file)
     parent_path = (path.parent / parent).resolve()
     if parent_path in seen or parent_path == path.resolve():
-        raise ConfigError("extends", f"{parent} extends itself")
-    try:
-        return _merge(_load_extended(parent_path, seen + (path.resolve(),)), spec)
-    except ConfigError as err:
-        raise err if err.source else err.at(str(parent_path)) from None
+        raise ConfigError("extends", f"{parent} extends itself", file)
+    base, base_where = _load_extended(parent_path, str(parent_path), seen + (path.resolve(),))
+    return _merge(base, spec, base_where, _put(where, "extends", {}))
 
 
-def _merge(base: dict, overlay: dict) -> dict:
-    """`overlay` merged into a copy of `base`, mapping by mapping."""
-    out = copy.deepcopy(base)
-    for key, value in overlay.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else copy.deepcopy(value)
-    return out
-
-
-def apply_profile(spec: dict, profile: str | None) -> dict:
-    """The spec as its profile `profile` describes it (None: the spec itself, profiles aside)."""
+def apply_profile(spec: dict, profile: str | None, where: Where | None = None) -> tuple[dict, Where]:
+    """The spec as its profile `profile` describes it (None: the spec itself, profiles aside), and
+    where each part of it was written."""
+    where = where if where is not None else _written(spec, "")
     profiles = spec.get("profiles") or {}
-    if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
-        raise ConfigError("profiles", "must map profile names to mappings with keys " + ", ".join(PROFILE_KEYS))
+    allowed = "a mapping of profile names to mappings with keys " + ", ".join(PROFILE_KEYS)
+    if not isinstance(profiles, dict):
+        raise _error(where, ("profiles",), f"{short_repr(profiles)} is not allowed; allowed: {allowed}")
+    for name, overlay in profiles.items():
+        if not isinstance(overlay, dict):
+            raise _error(where, ("profiles", name), f"{short_repr(overlay)} is not allowed; allowed: a mapping with "
+                                                    f"keys {', '.join(PROFILE_KEYS)}")
     spec = {k: v for k, v in spec.items() if k != "profiles"}
+    profiles_where, where = _sub(where, "profiles"), _put(where, "profiles", {})
     if profile is None:
-        return spec
+        return spec, where
     if profile not in profiles:
-        raise ConfigError("profiles", f"{profile!r} is not defined; allowed: {', '.join(profiles) or 'none'}")
-    overlay = _profile_overlay(profiles, profile, ())
+        raise ConfigError("profiles", f"{profile!r} is not defined; allowed: {', '.join(map(str, profiles)) or 'none'}")
+    overlay, overlay_where = _profile_overlay(profiles, profiles_where, profile, ())
     for key, value in overlay.items():
-        spec[key] = _merge(spec.get(key) or {}, value) if key == "base" else copy.deepcopy(value)
+        if key == "base" and value is None:  # `base:` left empty: nothing to merge
+            continue
+        if key == "base":
+            base = spec.get("base") or {}
+            if not isinstance(base, dict):
+                raise _error(where, ("base",), f"{short_repr(base)} is not allowed; allowed: a mapping with "
+                                               f"{', '.join(SCHEMA)}")
+            spec["base"], sub = _merge(base, value, _sub(where, "base"), _sub(overlay_where, "base"))
+        else:
+            spec[key], sub = copy.deepcopy(value), _sub(overlay_where, key)
+        where = _put(where, key, sub)
     spec["name"] = f"{spec.get('name')}-{profile}"
-    return spec
+    return spec, where
 
 
-def _profile_overlay(profiles: dict, profile: str, seen: tuple) -> dict:
-    """Profile `profile`'s overlay, with the profiles it extends merged under it."""
-    overlay = profiles[profile]
+_PROFILE_TYPES = {"description": (str, "a string"), "base": (dict, "a mapping with " + ", ".join(SCHEMA)),
+                  "grid": (dict, "a mapping of dotted config keys to lists of values"),
+                  "zip": (list, "a list of groups, each a mapping of keys to equal-length lists"),
+                  "launch": (dict, "a mapping of launch settings"), "extends": (str, "the name of another profile")}
+
+
+def _profile_overlay(profiles: dict, where: Where, profile: str, seen: tuple) -> tuple[dict, Where]:
+    """Profile `profile`'s overlay, with the profiles it extends merged under it, and where each part was written."""
+    overlay, overlay_where = profiles[profile], _sub(where, profile)
     unknown = [k for k in overlay if k not in PROFILE_KEYS]
     if unknown:
-        raise ConfigError(f"profiles.{profile}.{unknown[0]}", f"unknown key; allowed: {', '.join(PROFILE_KEYS)}")
+        raise _error(overlay_where, (unknown[0],), f"unknown key; allowed: {', '.join(PROFILE_KEYS)}")
+    for key, value in overlay.items():
+        kind, allowed = _PROFILE_TYPES.get(key, (object, ""))
+        if value is not None and not isinstance(value, kind):
+            raise _error(overlay_where, (key,), f"{short_repr(value)} is not allowed; allowed: {allowed}")
     parent = overlay.get("extends")
     if parent is None:
-        return overlay
+        return overlay, overlay_where
     if parent not in profiles or parent in seen + (profile,):
-        allowed = ", ".join(p for p in profiles if p not in seen + (profile,)) or "none"
-        raise ConfigError(f"profiles.{profile}.extends", f"{parent!r} is not allowed; allowed: {allowed}")
-    merged = dict(_profile_overlay(profiles, parent, seen + (profile,)))
+        allowed = ", ".join(str(p) for p in profiles if p not in seen + (profile,)) or "none"
+        raise _error(overlay_where, ("extends",), f"{parent!r} is not allowed; allowed: {allowed}")
+    merged, merged_where = _profile_overlay(profiles, where, parent, seen + (profile,))
+    merged = dict(merged)
     for key, value in overlay.items():
-        if key != "extends":
-            merged[key] = _merge(merged.get(key) or {}, value) if key == "base" else value
-    return merged
+        if key == "extends":
+            continue
+        if key == "base" and isinstance(merged.get(key), dict) and isinstance(value, dict):
+            merged[key], sub = _merge(merged[key], value, _sub(merged_where, key), _sub(overlay_where, key))
+        else:
+            merged[key], sub = value, _sub(overlay_where, key)
+        merged_where = _put(merged_where, key, sub)
+    merged.pop("extends", None)
+    return merged, merged_where
 
 
-def _expand(spec: dict, path: Path, launch_overrides: dict) -> Study:
+# ----------------------------------------------------------------------------- expanding
+def _expand(spec: dict, where: Where, path: Path, launch_overrides: dict) -> Study:
     unknown = [k for k in spec if k not in SPEC_KEYS]
     if unknown:
-        raise ConfigError(str(unknown[0]), f"unknown key; allowed: {', '.join(SPEC_KEYS)}")
+        raise _error(where, (unknown[0],), f"unknown key; allowed: {', '.join(SPEC_KEYS)}")
     name = spec.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ConfigError("name", f"{name!r} is not allowed; allowed: letters, digits, '_', '-', '.'")
+        raise _error(where, ("name",), f"{short_repr(name)} is not allowed; allowed: letters, digits, '_', '-', '.'")
+    description = spec.get("description")
+    if description is not None and not isinstance(description, str):
+        raise _error(where, ("description",), f"{short_repr(description)} is not allowed; allowed: a string "
+                                              "(quote it if YAML reads it as something else)")
     base = spec.get("base") or {}
     if not isinstance(base, dict):
-        raise ConfigError("base", "must be a mapping with data, model, masking, pretrain, evals")
-    grid = _axis_lists(spec.get("grid") or {}, "grid")
+        raise _error(where, ("base",), f"{short_repr(base)} is not allowed; allowed: a mapping with "
+                                       f"{', '.join(SCHEMA)}")
+    grid = _axis_lists(spec.get("grid") or {}, where, ("grid",))
     zips = spec.get("zip") or []
     if not isinstance(zips, list):
-        raise ConfigError("zip", "must be a list of groups, each a mapping of keys to equal-length lists")
+        raise _error(where, ("zip",), "must be a list of groups, each a mapping of keys to equal-length lists")
     zip_groups = []
     for i, group in enumerate(zips):
-        group = _axis_lists(group, f"zip[{i}]")
+        group = _axis_lists(group, where, ("zip", i))
         lengths = {len(v) for v in group.values()}
         if len(lengths) > 1:
-            raise ConfigError(f"zip[{i}]", f"lists of unequal lengths {sorted(lengths)}; keys in a group vary together")
+            raise _error(where, ("zip", i), f"lists of unequal lengths {sorted(lengths)}; keys in a group vary together")
         clash = set(group) & (set(grid) | {k for g in zip_groups for k in g})
         if clash:
-            raise ConfigError(f"zip[{i}].{sorted(clash)[0]}", "is already varied elsewhere in the spec")
+            raise _error(where, ("zip", i, sorted(clash)[0]), "is already varied elsewhere in the spec")
         zip_groups.append(group)
-    seeds = _seeds(spec.get("seeds"))
-    paper = spec.get("paper")
-    if paper is not None and not (isinstance(paper, dict) and set(paper) == {"source", "subtable"}
-                                  and all(isinstance(v, str) for v in paper.values())):
-        raise ConfigError("paper", f"{paper!r} is not allowed; allowed: a mapping {{source: mae, subtable: table1f}}")
-    launch = resolve_launch({**(spec.get("launch") or {}), **launch_overrides})
+    seeds = _seeds(spec.get("seeds"), where)
+    _check_size(grid, zip_groups, seeds, where)
+    paper = _check_paper(spec.get("paper"), where)
+    launch, written = _launch(spec.get("launch"), launch_overrides, where)
+    varied = tuple(grid) + tuple(k for g in zip_groups for k in g)
+    try:
+        check_partial(base, skip=varied)  # the base's own keys, each once (the grid's were checked above)
+    except ConfigError as err:
+        raise _base_error(err, base, where) from None
 
-    # every axis: a list of {key: value} choices; the product of the axes is the study
-    axes = [[{key: value} for value in values] for key, values in grid.items()]
-    axes += [[dict(zip(group, combo)) for combo in zip(*group.values())] for group in zip_groups]
-    axes.append([{"seed": s} for s in seeds] or [{}])
+    # every axis: a list of ({key: value}, {key: where it was written}) choices; the product is the study
+    axes = [[({key: value}, {key: ("grid", key, i)}) for i, value in enumerate(values)]
+            for key, values in grid.items()]
+    axes += [[(dict(zip(group, combo)), {key: ("zip", j, key, i) for key in group})
+              for i, combo in enumerate(zip(*group.values()))] for j, group in enumerate(zip_groups)]
+    axes.append([({"seed": s}, {"seed": ("seeds", i)}) for i, s in enumerate(seeds)] or [({}, {})])
 
     runs, seen = [], set()
     for combo in itertools.product(*axes):
         partial = copy.deepcopy(base)
         varying = {}
-        for choice in combo:
-            for key, value in choice.items():
-                set_dotted(partial, key, value)
-                varying[key] = value
-        config = resolve(partial)
+        try:
+            for choice, _ in combo:
+                for key, value in choice.items():
+                    set_dotted(partial, key, value)
+                    varying[key] = value
+            config = resolve(partial)
+            check_fits(config)
+        except ConfigError as err:
+            raise _run_error(err, combo, varying, base, where) from None
         rid = run_id(config)
         if rid in seen:  # two grid points that resolve to the same config run once
             continue
         seen.add(rid)
         runs.append(Run(config, rid, varying))
-    varied = [k for k in list(grid) + [k for g in zip_groups for k in g]
-              if len({canonical_json({"v": r.varying.get(k)}) for r in runs}) > 1]
-    return Study(name=name, description=str(spec.get("description") or ""), path=str(path),
-                 runs=runs, axes=varied, launch=launch, paper=paper,
-                 zip_groups=[[k for k in g if k in varied] for g in zip_groups if len([k for k in g if k in varied]) > 1])
+    axes_varied = [k for k in varied if len({canonical_json({"v": r.varying.get(k)}) for r in runs}) > 1]
+    return Study(name=name, description=description or "", path=str(path),
+                 runs=runs, axes=axes_varied, launch=launch, paper=paper, written=written,
+                 zip_groups=[[k for k in g if k in axes_varied] for g in zip_groups
+                             if len([k for k in g if k in axes_varied]) > 1])
+
+
+def _check_size(grid: dict, zip_groups: list, seeds: list, where: Where) -> None:
+    """At most MAX_RUNS runs, counted before anything is expanded."""
+    factors = [(("grid",), len(v), f"grid {key} {len(v)}") for key, v in grid.items()]
+    factors += [(("zip", j), len(next(iter(g.values()))), f"zip[{j}] {len(next(iter(g.values())))}")
+                for j, g in enumerate(zip_groups)]
+    factors.append((("seeds",), max(len(seeds), 1), f"seeds {max(len(seeds), 1)}"))
+    total = 1
+    for _, n, _ in factors:
+        total *= n
+    if total > MAX_RUNS:
+        at = max(factors, key=lambda f: f[1])[0]
+        raise _error(where, at, f"the study would have {total} runs ({' x '.join(f[2] for f in factors)}); "
+                                f"allowed: at most {MAX_RUNS} runs in one study (split it into several specs or profiles)")
+
+
+def _check_paper(paper: Any, where: Where) -> dict | None:
+    """{source, subtable} naming a paper and subtable bench.papers knows."""
+    if paper is None:
+        return None
+    if not (isinstance(paper, dict) and set(paper) == {"source", "subtable"}
+            and all(isinstance(v, str) for v in paper.values())):
+        raise _error(where, ("paper",), f"{short_repr(paper)} is not allowed; allowed: a mapping "
+                                        "{source: mae, subtable: table1f}")
+    from bench.papers import subtable
+
+    try:
+        subtable(paper["source"], paper["subtable"])
+    except ConfigError as err:
+        if err.key in ("paper.source", "paper.subtable"):
+            raise _error(where, tuple(err.key.split(".")), err.detail) from None
+        raise
+    return paper
+
+
+def _launch(launch: Any, overrides: dict, where: Where) -> tuple[dict, dict]:
+    """The resolved launch section (the spec's, the command line's flags over it), and where its
+    data_root was written."""
+    if launch is not None and not isinstance(launch, dict):
+        raise _error(where, ("launch",), f"{short_repr(launch)} is not allowed; allowed: a mapping of launch "
+                                         "settings (executor, parallel, ...)")
+    try:
+        resolved = resolve_launch({**(launch or {}), **overrides})
+    except ConfigError as err:
+        key = err.key.split(".", 1)[1] if err.key.startswith("launch.") else err.key
+        if key in overrides:
+            raise ConfigError("--" + key.replace("_", "-"), err.detail, COMMAND_LINE) from None
+        raise _error(where, ("launch",) + (_locate(launch, key) or (key,)), err.detail) from None
+    if "data_root" in overrides:
+        written = {"data_root": (COMMAND_LINE, "--data-root")}
+    else:
+        error = _error(where, ("launch", "data_root"), "")
+        written = {"data_root": (error.source, error.key)}
+    return resolved, written
+
+
+def _base_error(err: ConfigError, base: dict, where: Where, context: str = "") -> ConfigError:
+    """An error about the config key err.key, named where the base sets it (or as the default)."""
+    located = _locate(base, err.key) if err.key != "<top>" else ()
+    if located is None:
+        return ConfigError(err.key, f"{err.detail} (the default: the spec does not set it){context}")
+    return _error(where, ("base",) + located, err.detail + context)
+
+
+def _run_error(err: ConfigError, combo: tuple, varying: dict, base: dict, where: Where) -> ConfigError:
+    """An error resolving one run: named at the grid or zip value it is about, else at the base's
+    key, with the run's grid values when they may be the cause."""
+    for choice, written in combo:
+        for key, at in written.items():
+            if err.key == key or err.key.startswith(key + "."):
+                rest = err.key[len(key) + 1:]
+                return _error(where, at + ((rest,) if rest else ()), err.detail)
+    shown = [f"{key} = {short_repr(value, 40)}" for key, value in varying.items() if key != "seed"]
+    return _base_error(err, base, where, f" (in the run with {', '.join(shown)})" if shown else "")
+
+
+def check_data(study: Study) -> None:
+    """The cheap look at the data the study's runs read (bench.data.check_data: the data root
+    exists, the files are there and read as their format says), once per dataset. `mimbench plan`
+    and `run` call it after load_study; it raises a one-line ConfigError."""
+    from bench.data import check_data as check
+
+    data_root = study.launch.get("data_root")
+    for name in dict.fromkeys(run.config["data"]["name"] for run in study.runs):
+        try:
+            check(name, data_root)
+        except ConfigError as err:
+            if err.key == "launch.data_root" and "data_root" in study.written:
+                source, key = study.written["data_root"]
+                raise ConfigError(key, err.detail, source) from None
+            raise err if err.source else err.at(study.path) from None

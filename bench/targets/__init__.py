@@ -39,15 +39,18 @@ class TargetEntry:
     needs: tuple = ()  # of "train_set", "cfg": what build must be given
     check: Callable[[dict], None] | None = None  # a cross-parameter check on the resolved params
     doc: str = ""
+    fits: Callable[[dict, int, int], None] | None = None  # (params, patch_size, channels): the patch allows them
 
 
 _targets = Registry("target", "pretrain.target")
 
 
 def register_target(name: str, build: str, params: dict | None = None, needs: tuple = (),
-                    check: Callable[[dict], None] | None = None, doc: str = "") -> TargetEntry:
-    """File the target `name`, built by the "module:function" `build`."""
-    return _targets.add(name, TargetEntry(build, dict(params or {}), tuple(needs), check, doc))
+                    check: Callable[[dict], None] | None = None, doc: str = "",
+                    fits: Callable[[dict, int, int], None] | None = None) -> TargetEntry:
+    """File the target `name`, built by the "module:function" `build`. `fits(params, patch_size,
+    channels)` raises a ConfigError when the resolved params do not fit the model's patches."""
+    return _targets.add(name, TargetEntry(build, dict(params or {}), tuple(needs), check, doc, fits))
 
 
 def list_targets() -> tuple[str, ...]:
@@ -69,6 +72,14 @@ def resolve_params(name: str, params: dict) -> dict:
     if entry.check is not None:
         entry.check(out)
     return out
+
+
+def check_fits(name: str, params: dict, patch_size: int, channels: int) -> None:
+    """Raise a one-line ConfigError when the target's resolved `params` do not fit patches of
+    `patch_size`² px × `channels` (pca's components, hog's cell): checked before anything runs."""
+    entry = _targets.get(name)
+    if entry.fits is not None:
+        entry.fits(params, patch_size, channels)
 
 
 def create_target(name: str, params: dict | None = None, *, train_set=None, cfg: dict | None = None,
@@ -96,6 +107,29 @@ def _enough_patches_for_the_codebook(params: dict) -> None:
                           f"allowed: >= vocab_size")
 
 
+def pca_fits(params: dict, patch_size: int, channels: int) -> None:
+    """At most as many components as a patch has numbers (patch_size² × channels)."""
+    patch_dim = patch_size ** 2 * channels
+    if params["components"] > patch_dim:
+        raise ConfigError("pretrain.target_params.components",
+                          f"{params['components']} exceeds the patch dimension {patch_dim} "
+                          f"({patch_size}x{patch_size} px x {channels} channels); allowed: 1..{patch_dim}")
+
+
+def default_hog_cell(patch_size: int) -> int:
+    """Half the patch (the largest divisor of it up to half), at least 1."""
+    return next((d for d in range(patch_size // 2, 0, -1) if patch_size % d == 0), 1)
+
+
+def hog_fits(params: dict, patch_size: int, channels: int = 0) -> None:
+    """A cell (null: default_hog_cell) divides the patch."""
+    cell = params["cell"] or default_hog_cell(patch_size)
+    if patch_size % cell:
+        divisors = ", ".join(str(d) for d in range(1, patch_size + 1) if patch_size % d == 0)
+        raise ConfigError("pretrain.target_params.cell", f"{cell} does not divide model.patch_size {patch_size}; "
+                                                         f"allowed: null or one of {divisors}")
+
+
 POSITIVE = dict(low=0.0, high=math.inf, open_interval=True)
 
 register_target("pixel", "bench.targets.pixels:build_pixel", doc="the patch's pixels (MAE Table 1d)")
@@ -104,7 +138,7 @@ register_target("norm_pixel", "bench.targets.pixels:build_norm_pixel",
 register_target("pca", "bench.targets.pca:build_pca", {
     "components": Option(96, int, low=1, help="principal components kept (MAE: 96); at most patch_size² × channels"),
     "fit_patches": Option(100_000, int, low=1, help="training patches the basis is fitted on"),
-}, needs=("train_set", "cfg"), doc="the patch's top principal components (MAE Table 1d)")
+}, needs=("train_set", "cfg"), doc="the patch's top principal components (MAE Table 1d)", fits=pca_fits)
 register_target("dvae_token", "bench.targets.tokenizer:build_dvae_token", {  # trains in seconds on a CPU, 4 px patches
     "vocab_size": Option(512, int, low=2, help="codebook entries = classes the decoder predicts"),
     "hidden": Option(128, int, low=1, help="width of the MLP encoder and decoder (2 hidden layers each)"),
@@ -113,10 +147,10 @@ register_target("dvae_token", "bench.targets.tokenizer:build_dvae_token", {  # t
     "batch_size": Option(256, int, low=1, help="patches per step"),
     "lr": Option(1e-3, float, **POSITIVE, help="Adam's learning rate"),
     "fit_patches": Option(100_000, int, low=1, help="training patches the tokenizer is trained on"),
-    "seed": Option(0, int, low=0, help="seeds the tokenizer's weights, codebook and data order"),
+    "seed": Option(0, int, low=0, high=2 ** 32 - 1, help="seeds the tokenizer's weights, codebook and data order"),
 }, needs=("train_set", "cfg"), check=_enough_patches_for_the_codebook,
     doc="the patch's token in a per-patch VQ-VAE trained once (MAE Table 1d, BEiT)")
 register_target("hog", "bench.targets.hog:build_hog", {
     "bins": Option(9, int, low=1, help="unsigned orientation bins (MaskFeat: 9)"),
     "cell": Option(None, int, low=1, nullable=True, help="cell side in px; null = half the patch"),
-}, needs=("cfg",), doc="histograms of oriented gradients per patch (MaskFeat)")
+}, needs=("cfg",), doc="histograms of oriented gradients per patch (MaskFeat)", fits=hog_fits)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from bench.core.errors import ConfigError
+from bench.targets import default_hog_cell, hog_fits
 from bench.targets.pixels import masked_mse
 
 
@@ -31,9 +31,7 @@ def hog_features(imgs: torch.Tensor, patch_size: int, cell: int, bins: int) -> t
     return F.normalize(features, dim=-1)
 
 
-def default_cell(patch_size: int) -> int:
-    """Half the patch (the largest divisor of it up to half), at least 1."""
-    return next((d for d in range(patch_size // 2, 0, -1) if patch_size % d == 0), 1)
+default_cell = default_hog_cell  # half the patch (the largest divisor of it up to half), at least 1
 
 
 class HogTarget:
@@ -55,9 +53,6 @@ class HogTarget:
 
 def build_hog(params: dict, train_set, cfg: dict, cache_dir, device) -> HogTarget:
     patch_size = cfg["model"]["patch_size"]
+    hog_fits(params, patch_size)
     cell = params["cell"] or default_cell(patch_size)
-    if patch_size % cell:
-        divisors = ", ".join(str(d) for d in range(1, patch_size + 1) if patch_size % d == 0)
-        raise ConfigError("pretrain.target_params.cell", f"{cell} does not divide model.patch_size {patch_size}; "
-                                                         f"allowed: null or one of {divisors}")
     return HogTarget(params["bins"], cell, patch_size)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from bench.core import cache
-from bench.core.errors import ConfigError
 from bench.core.hashing import digest
 from bench.core.patches import patchify
+from bench.targets import pca_fits
 from bench.targets.fit import fit_key, training_patches
 from bench.targets.pixels import masked_mse
 
@@ -47,11 +47,7 @@ class PcaTarget:
 
 def build_pca(params: dict, train_set, cfg: dict, cache_dir, device) -> PcaTarget:
     patch_size, channels = cfg["model"]["patch_size"], train_set.channels
-    patch_dim = patch_size ** 2 * channels
-    if params["components"] > patch_dim:
-        raise ConfigError("pretrain.target_params.components",
-                          f"{params['components']} exceeds the patch dimension {patch_dim} "
-                          f"({patch_size}x{patch_size} px x {channels} channels); allowed: 1..{patch_dim}")
+    pca_fits(params, patch_size, channels)
     fitted = cache.get_or_build(
         cache_dir, "targets", digest(fit_key("pca", params, cfg, channels)),
         lambda: fit_pca(training_patches(train_set, cfg, params["fit_patches"], device), params["components"]))

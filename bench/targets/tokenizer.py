@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench.core import cache
+from bench.core.errors import require_finite
 from bench.core.hashing import digest
 from bench.core.patches import patchify
 from bench.targets.fit import fit_key, training_patches
@@ -101,7 +102,7 @@ def _train_tokenizer(patches: torch.Tensor, params: dict) -> dict:
     with tqdm(total=epochs * steps, desc="dvae_token tokenizer", unit="step", delay=3, leave=False) as progress:
         for epoch in range(epochs):
             order = torch.randperm(n, generator=generator).to(device)
-            used = torch.zeros(vocab, device=device)
+            used, epoch_losses = torch.zeros(vocab, device=device), []
             for step in range(steps):
                 x = patches[order[step * batch:(step + 1) * batch]]
                 z = tokenizer.encoder(x)
@@ -112,6 +113,7 @@ def _train_tokenizer(patches: torch.Tensor, params: dict) -> dict:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                epoch_losses.append(loss.detach())
                 with torch.no_grad():
                     counts = torch.bincount(ids, minlength=vocab).to(z.dtype)
                     used += counts
@@ -121,6 +123,8 @@ def _train_tokenizer(patches: torch.Tensor, params: dict) -> dict:
                     smoothed = (cluster_size + 1e-5) / (total + vocab * 1e-5) * total  # Laplace smoothing
                     tokenizer.codebook.copy_(code_sum / smoothed[:, None])
                 progress.update()
+            if epoch_losses:
+                require_finite(torch.stack(epoch_losses), "dvae_token tokenizer training", epoch + 1)
             dead = (used == 0).nonzero().squeeze(1)
             if epoch + 1 < epochs and len(dead):
                 with torch.no_grad():

@@ -28,6 +28,7 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
+from bench.core.errors import NonFiniteError, require_finite
 from bench.core.registry import Registry
 from bench.data.augment import augment, normalize
 from bench.data.datasets import batch_order
@@ -84,15 +85,20 @@ def extract_features(encoder: EvalEncoder, dataset, img_size: int, batch_size: i
         x = _inputs(images, "none", img_size, dataset, None)
         feats.append(encoder.features(x))
         labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+    feats = torch.cat(feats)
+    if not torch.isfinite(feats).all():
+        raise NonFiniteError(f"the encoder's features of {len(feats)} images hold NaN or infinite values")
+    return feats, torch.cat(labels)
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(dim=1) == labels).float().mean().item()
 
 
-def _train_epoch(optimizer, batches, loss_of: Callable, lr_of_step: Callable) -> tuple[list, int, float]:
-    """One epoch of (inputs, labels) batches: lr set every step. Returns (losses, samples seen, last lr)."""
+def _train_epoch(optimizer, batches, loss_of: Callable, lr_of_step: Callable, phase: str,
+                 epoch: int) -> tuple[list, int, float]:
+    """One epoch of (inputs, labels) batches: lr set every step. Returns (losses, samples seen, last lr);
+    a non-finite loss fails the run, naming the phase, epoch and step (checked once per epoch)."""
     losses, seen, lr = [], 0, math.nan
     for step, (inputs, y) in enumerate(batches):
         lr = lr_of_step(step)
@@ -103,6 +109,7 @@ def _train_epoch(optimizer, batches, loss_of: Callable, lr_of_step: Callable) ->
         optimizer.step()
         losses.append(loss.detach())
         seen += len(y)
+    require_finite(torch.stack(losses), phase, epoch + 1)
     return losses, seen, lr
 
 
@@ -149,7 +156,8 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
                                                           epoch=epoch, drop_last=True, device=device))
         losses, seen, lr = _train_epoch(
             optimizer, batches, lambda feats, y: criterion(head(feats), y),
-            lambda step: lr_at(epoch + step / steps_per_epoch, base_lr, 0.0, ecfg["warmup_epochs"], ecfg["epochs"]))
+            lambda step: lr_at(epoch + step / steps_per_epoch, base_lr, 0.0, ecfg["warmup_epochs"], ecfg["epochs"]),
+            "linear_probe", epoch)
         log({"phase": "linear_probe", "epoch": epoch + 1, "loss": torch.stack(losses).mean().item(), "lr": lr,
              "images_per_s": seen / (time.perf_counter() - epoch_start), "wall_s": time.perf_counter() - start})
     head.eval()
@@ -188,15 +196,21 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
                               device=device),
             lambda images, y: criterion(vit(_inputs(images, ecfg["augmentation"], img_size, train_set, gen)), y),
             lambda step: lr_at(epoch + step / steps_per_epoch, base_lr, ecfg["min_lr"], ecfg["warmup_epochs"],
-                               ecfg["epochs"]))
+                               ecfg["epochs"]), "finetune", epoch)
         log({"phase": "finetune", "epoch": epoch + 1, "loss": torch.stack(losses).mean().item(), "lr": lr,
              "images_per_s": seen / (time.perf_counter() - epoch_start), "wall_s": time.perf_counter() - start})
     vit.eval()
     correct, total = 0.0, 0
+    finite = torch.tensor(True, device=device)
     with torch.no_grad():
         for images, y in test_set.batches(512, shuffle=False, seed=0, drop_last=False, device=device):
-            correct += top1(vit(_inputs(images, "none", img_size, test_set, None)), y) * len(y) / 100.0
+            logits = vit(_inputs(images, "none", img_size, test_set, None))
+            finite &= torch.isfinite(logits).all()
+            correct += top1(logits, y) * len(y) / 100.0
             total += len(y)
+    if not finite:
+        raise NonFiniteError(f"finetune: the fine-tuned model's logits on the test set are not finite "
+                             f"(after epoch {ecfg['epochs']})")
     result = {"top1": 100.0 * correct / total, "feature": ecfg["feature"], "blocks": ecfg["blocks"],
               "trainable_params": trainable_params, "wall_s": time.perf_counter() - start}
     return (result, vit) if return_model else result

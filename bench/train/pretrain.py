@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from bench import masking
+from bench.core.errors import NonFiniteError
 from bench.data.augment import augment, normalize
 from bench.methods import create_method
 from bench.targets import create_target
@@ -116,16 +117,16 @@ class PretrainStep:
         self.full_pred = False  # True: the decoder predicts every patch (same loss; the speed bench's ablation)
 
     def __call__(self, images: torch.Tensor, lr: float, gen: torch.Generator) -> torch.Tensor:
-        """Train on one batch of uint8 images; returns the (detached) loss of this process's share."""
+        """Train on one batch of uint8 images; returns the (detached) loss of this process's share.
+        The caller checks it is finite (under DDP, after averaging it over the ranks, so that a NaN
+        on one rank stops every rank at the same step instead of leaving the others waiting)."""
         data, mcfg = self.cfg["data"], self.cfg["masking"]
         set_lr(self.optimizer, lr)
         x = normalize(augment(images, data["augmentation"], data["img_size"], gen), self.mean, self.std)
         mask = masking.generate(mcfg["strategy"], x.shape[0], self.grid, mcfg["ratio"], mcfg["params"], gen, x.device)
         # the decoder predicts only the masked patches (the loss's)
         loss = self.split_step(x[self.share], mask[self.share], self.target, full_pred=self.full_pred)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pre-training loss is {loss.item()}")
-        self.optimizer.step()
+        self.optimizer.step()  # a non-finite loss is caught by the loop, on every rank at once
         return loss
 
 
@@ -201,11 +202,10 @@ def pretrain(cfg: dict, train_set, device: torch.device,
         for step, (images, _) in enumerate(batches, start=first_step):
             lr = lr_at(epoch + step / steps_per_epoch, base_lr, pcfg["min_lr"], pcfg["warmup_epochs"],
                        pcfg["epochs"])
-            try:
-                loss = step_fn(images, lr, gen)
-            except FloatingPointError as err:
-                raise FloatingPointError(f"{err} at epoch {epoch}, step {step}") from None
-            losses.append(distributed.mean_across(loss.detach(), rank))
+            loss = distributed.mean_across(step_fn(images, lr, gen).detach(), rank)
+            if not torch.isfinite(loss):  # the same value on every rank: all stop here
+                raise NonFiniteError(f"pretrain loss is {loss.item()} at epoch {epoch + 1}, step {step}")
+            losses.append(loss)
             seen += images.shape[0]
             stop = checkpointer is not None and distributed.any_across(checkpointer.stop_requested, rank, device)
             if checkpointer is not None:

@@ -1,4 +1,7 @@
-"""The papers' own numbers, shipped as package data (bench/papers/<paper>.yaml).
+"""The papers' own numbers, shipped as package data (bench/papers/<paper>.yaml), and their loader.
+
+It sits below both bench.study (a spec's `paper:` is checked when the spec loads) and
+bench.analysis (the report's comparison), and imports neither.
 
     sub = subtable("mae", "table1f")
     sub.axes                      ('masking.strategy', 'masking.ratio')  config keys of the setting
@@ -12,12 +15,12 @@ CHECK_KINDS). Figures are plots: their subtables hold only what the text states.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-import numpy as np
 import yaml
 
 from bench.core.errors import ConfigError
@@ -100,7 +103,8 @@ class Paper:
 
 # ----------------------------------------------------------------------------- settings
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    """A real number, NumPy's included (they register as numbers.Real; NumPy's bool does not); not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def same_value(a: Any, b: Any) -> bool:
