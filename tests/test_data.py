@@ -8,7 +8,8 @@ import torch
 
 from bench.core.errors import ConfigError
 from bench.data import create_dataset, list_augmentations, list_datasets
-from bench.data.datasets import DEBIAN_DATASETS, _read_idx, make_synthetic
+from bench.data import DEBIAN_DATASETS
+from bench.data.datasets import _read_idx, make_synthetic
 
 HAS_FASHION = (DEBIAN_DATASETS / "fashion-mnist" / "train-images-idx3-ubyte.gz").exists()
 

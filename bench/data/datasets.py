@@ -22,8 +22,7 @@ import torch
 
 from bench.core import registry
 from bench.core.errors import ConfigError
-from bench.data import (DEBIAN_DATASETS, IMAGE_MODES, dataset_entry, find_root, idx_file,  # noqa: F401
-                        imagefolder_split, search_roots)
+from bench.data import IMAGE_MODES, dataset_entry, find_root, idx_file, imagefolder_split
 
 
 def batch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

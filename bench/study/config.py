@@ -18,7 +18,7 @@ import copy
 from typing import Any, Callable
 
 from bench.core.errors import ConfigError
-from bench.core.hashing import canonical_json, digest
+from bench.core.hashing import digest
 from bench.core.options import Option, short_repr
 from bench import masking, targets
 from bench.data import dataset_entry, list_augmentations, list_datasets

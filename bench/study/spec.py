@@ -47,6 +47,7 @@ from bench.core.options import Option, is_number_text, quoted_number, short_repr
 from bench.core.yamlio import load_file
 from bench.study.config import (SCHEMA, SEED_MAX, check_fits, check_partial, is_known_key, resolve,
                                 resolve_launch, run_id, set_dotted)
+from bench.study.written import Where, error_at, locate, merge, put_where, sub_where, written_at
 
 SPEC_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "launch", "profiles", "paper", "extends")
 PROFILE_KEYS = ("description", "base", "grid", "zip", "seeds", "launch", "extends")
@@ -74,77 +75,6 @@ class Study:
     written: dict = field(default_factory=dict, repr=False)  # launch key -> (file, key as written): for errors
 
 
-# ----------------------------------------------------------------------------- where values were written
-# A spec is merged from files (extends) and profiles. Beside each merged tree goes a map from each
-# of its paths (a tuple of keys and list indices) to where that part was written: (file, path there).
-Where = dict  # tuple path -> (file, tuple path as written)
-
-
-def _written(value: Any, file: str, at: tuple = ()) -> Where:
-    """Every part of `value`, written in `file` at path `at`."""
-    out = {(): (file, at)}
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, sub in items:
-        for path, written in _written(sub, file, at + (key,)).items():
-            out[(key,) + path] = written
-    return out
-
-
-def _sub(where: Where, key: Any) -> Where:
-    return {path[1:]: w for path, w in where.items() if path[:1] == (key,)}
-
-
-def _put(where: Where, key: Any, sub: Where) -> Where:
-    out = {path: w for path, w in where.items() if path[:1] != (key,)}
-    out.update({(key,) + path: w for path, w in sub.items()})
-    return out
-
-
-def _merge(base: dict, overlay: dict, base_where: Where | None = None,
-           overlay_where: Where | None = None) -> tuple[dict, Where]:
-    """`overlay` merged into a copy of `base`, mapping by mapping (lists replace), and where each
-    part of the result was written."""
-    out, where = dict(base), dict(base_where or {})
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key], sub = _merge(out[key], value, _sub(where, key), _sub(overlay_where or {}, key))
-        else:
-            out[key], sub = copy.deepcopy(value), _sub(overlay_where or {}, key)
-        where = _put(where, key, sub)
-    return out, where
-
-
-def _show_path(parts: tuple) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if type(part) is int else (f".{part}" if out else str(part))
-    return out or "<top>"
-
-
-def _error(where: Where, path: tuple, message: str) -> ConfigError:
-    """A ConfigError naming the file and the key where the part at `path` was written."""
-    for i in range(len(path), -1, -1):
-        if path[:i] in where:
-            file, written = where[path[:i]]
-            return ConfigError(_show_path(written + path[i:]), message, file)
-    return ConfigError(_show_path(path), message)
-
-
-def _locate(tree: Any, dotted: str) -> tuple | None:
-    """The path of the dotted config key `dotted` in the nested mapping `tree`; None if not set."""
-    if not isinstance(tree, dict):
-        return None
-    for key in tree:
-        text = str(key)
-        if dotted == text:
-            return (key,)
-        if dotted.startswith(text + "."):
-            rest = _locate(tree[key], dotted[len(text) + 1:])
-            if rest is not None:
-                return (key,) + rest
-    return None
-
-
 # ----------------------------------------------------------------------------- reading
 def _load_yaml(path: Path, file: str) -> dict:
     data = load_file(path)
@@ -155,22 +85,22 @@ def _load_yaml(path: Path, file: str) -> dict:
 
 def _axis_lists(mapping: Any, where: Where, at: tuple) -> dict[str, list]:
     if not isinstance(mapping, dict):
-        raise _error(where, at, f"{short_repr(mapping)} is not allowed; allowed: a mapping of dotted config keys "
+        raise error_at(where, at, f"{short_repr(mapping)} is not allowed; allowed: a mapping of dotted config keys "
                                 "to lists of values")
     out = {}
     for key, values in mapping.items():
         if not isinstance(key, str) or not is_known_key(key) or key == "seed":
             hint = "use `seeds` for seeds" if key == "seed" else "a dotted config key such as masking.ratio"
-            raise _error(where, at + (key,), f"unknown key; allowed: {hint}")
+            raise error_at(where, at + (key,), f"unknown key; allowed: {hint}")
         if not isinstance(values, list) or not values:
-            raise _error(where, at + (key,), f"{short_repr(values)} is not allowed; allowed: a non-empty list of values")
+            raise error_at(where, at + (key,), f"{short_repr(values)} is not allowed; allowed: a non-empty list of values")
         option = _option(key)
         if option is not None:  # a leaf of the schema: each value checked once, here
             for i, value in enumerate(values):
                 try:
                     option.check(key, value)
                 except ConfigError as err:
-                    raise _error(where, at + (key, i), err.detail) from None
+                    raise error_at(where, at + (key, i), err.detail) from None
         out[key] = values
     return out
 
@@ -192,20 +122,20 @@ def _seeds(value: Any, where: Where, at: tuple = ("seeds",)) -> list[int]:
     if type(value) is int:
         if 1 <= value <= MAX_RUNS:
             return list(range(value))
-        raise _error(where, at, f"{short_repr(value)} is {'out of range' if value > 0 else 'not allowed'}; "
+        raise error_at(where, at, f"{short_repr(value)} is {'out of range' if value > 0 else 'not allowed'}; "
                                 f"allowed: {allowed}")
     if isinstance(value, list) and value:
         if len(value) > MAX_RUNS:
-            raise _error(where, at, f"a list of {len(value)} seeds is too long; allowed: {allowed}")
+            raise error_at(where, at, f"a list of {len(value)} seeds is too long; allowed: {allowed}")
         for i, seed in enumerate(value):
             if type(seed) is not int or not 0 <= seed <= SEED_MAX:
                 if is_number_text(seed):
-                    raise _error(where, at + (i,), quoted_number("", seed, f"an integer 0..{SEED_MAX}").detail)
-                raise _error(where, at + (i,), f"{short_repr(seed)} is not allowed; allowed: an integer 0..{SEED_MAX}")
+                    raise error_at(where, at + (i,), quoted_number("", seed, f"an integer 0..{SEED_MAX}").detail)
+                raise error_at(where, at + (i,), f"{short_repr(seed)} is not allowed; allowed: an integer 0..{SEED_MAX}")
         return list(value)
     if is_number_text(value):
-        raise _error(where, at, quoted_number("", value, allowed).detail)
-    raise _error(where, at, f"{short_repr(value)} is not allowed; allowed: {allowed}")
+        raise error_at(where, at, quoted_number("", value, allowed).detail)
+    raise error_at(where, at, f"{short_repr(value)} is not allowed; allowed: {allowed}")
 
 
 def load_study(path: str | Path, launch_overrides: dict | None = None, profile: str | None = None) -> Study:
@@ -222,7 +152,7 @@ def load_study(path: str | Path, launch_overrides: dict | None = None, profile: 
 def _load_extended(path: Path, file: str, seen: tuple = ()) -> tuple[dict, Where]:
     """The spec at `path`, merged over the file it `extends` (recursively), and where each part was written."""
     spec = _load_yaml(path, file)
-    where = _written(spec, file)
+    where = written_at(spec, file)
     parent = spec.pop("extends", None)
     if parent is None:
         return spec, where
@@ -233,23 +163,23 @@ def _load_extended(path: Path, file: str, seen: tuple = ()) -> tuple[dict, Where
     if parent_path in seen or parent_path == path.resolve():
         raise ConfigError("extends", f"{parent} extends itself", file)
     base, base_where = _load_extended(parent_path, str(parent_path), seen + (path.resolve(),))
-    return _merge(base, spec, base_where, _put(where, "extends", {}))
+    return merge(base, spec, base_where, put_where(where, "extends", {}))
 
 
 def apply_profile(spec: dict, profile: str | None, where: Where | None = None) -> tuple[dict, Where]:
     """The spec as its profile `profile` describes it (None: the spec itself, profiles aside), and
     where each part of it was written."""
-    where = where if where is not None else _written(spec, "")
+    where = where if where is not None else written_at(spec, "")
     profiles = spec.get("profiles") or {}
     allowed = "a mapping of profile names to mappings with keys " + ", ".join(PROFILE_KEYS)
     if not isinstance(profiles, dict):
-        raise _error(where, ("profiles",), f"{short_repr(profiles)} is not allowed; allowed: {allowed}")
+        raise error_at(where, ("profiles",), f"{short_repr(profiles)} is not allowed; allowed: {allowed}")
     for name, overlay in profiles.items():
         if not isinstance(overlay, dict):
-            raise _error(where, ("profiles", name), f"{short_repr(overlay)} is not allowed; allowed: a mapping with "
+            raise error_at(where, ("profiles", name), f"{short_repr(overlay)} is not allowed; allowed: a mapping with "
                                                     f"keys {', '.join(PROFILE_KEYS)}")
     spec = {k: v for k, v in spec.items() if k != "profiles"}
-    profiles_where, where = _sub(where, "profiles"), _put(where, "profiles", {})
+    profiles_where, where = sub_where(where, "profiles"), put_where(where, "profiles", {})
     if profile is None:
         return spec, where
     if profile not in profiles:
@@ -261,12 +191,12 @@ def apply_profile(spec: dict, profile: str | None, where: Where | None = None) -
         if key == "base":
             base = spec.get("base") or {}
             if not isinstance(base, dict):
-                raise _error(where, ("base",), f"{short_repr(base)} is not allowed; allowed: a mapping with "
+                raise error_at(where, ("base",), f"{short_repr(base)} is not allowed; allowed: a mapping with "
                                                f"{', '.join(SCHEMA)}")
-            spec["base"], sub = _merge(base, value, _sub(where, "base"), _sub(overlay_where, "base"))
+            spec["base"], sub = merge(base, value, sub_where(where, "base"), sub_where(overlay_where, "base"))
         else:
-            spec[key], sub = copy.deepcopy(value), _sub(overlay_where, key)
-        where = _put(where, key, sub)
+            spec[key], sub = copy.deepcopy(value), sub_where(overlay_where, key)
+        where = put_where(where, key, sub)
     spec["name"] = f"{spec.get('name')}-{profile}"
     return spec, where
 
@@ -279,30 +209,30 @@ _PROFILE_TYPES = {"description": (str, "a string"), "base": (dict, "a mapping wi
 
 def _profile_overlay(profiles: dict, where: Where, profile: str, seen: tuple) -> tuple[dict, Where]:
     """Profile `profile`'s overlay, with the profiles it extends merged under it, and where each part was written."""
-    overlay, overlay_where = profiles[profile], _sub(where, profile)
+    overlay, overlay_where = profiles[profile], sub_where(where, profile)
     unknown = [k for k in overlay if k not in PROFILE_KEYS]
     if unknown:
-        raise _error(overlay_where, (unknown[0],), f"unknown key; allowed: {', '.join(PROFILE_KEYS)}")
+        raise error_at(overlay_where, (unknown[0],), f"unknown key; allowed: {', '.join(PROFILE_KEYS)}")
     for key, value in overlay.items():
         kind, allowed = _PROFILE_TYPES.get(key, (object, ""))
         if value is not None and not isinstance(value, kind):
-            raise _error(overlay_where, (key,), f"{short_repr(value)} is not allowed; allowed: {allowed}")
+            raise error_at(overlay_where, (key,), f"{short_repr(value)} is not allowed; allowed: {allowed}")
     parent = overlay.get("extends")
     if parent is None:
         return overlay, overlay_where
     if parent not in profiles or parent in seen + (profile,):
         allowed = ", ".join(str(p) for p in profiles if p not in seen + (profile,)) or "none"
-        raise _error(overlay_where, ("extends",), f"{parent!r} is not allowed; allowed: {allowed}")
+        raise error_at(overlay_where, ("extends",), f"{parent!r} is not allowed; allowed: {allowed}")
     merged, merged_where = _profile_overlay(profiles, where, parent, seen + (profile,))
     merged = dict(merged)
     for key, value in overlay.items():
         if key == "extends":
             continue
         if key == "base" and isinstance(merged.get(key), dict) and isinstance(value, dict):
-            merged[key], sub = _merge(merged[key], value, _sub(merged_where, key), _sub(overlay_where, key))
+            merged[key], sub = merge(merged[key], value, sub_where(merged_where, key), sub_where(overlay_where, key))
         else:
-            merged[key], sub = value, _sub(overlay_where, key)
-        merged_where = _put(merged_where, key, sub)
+            merged[key], sub = value, sub_where(overlay_where, key)
+        merged_where = put_where(merged_where, key, sub)
     merged.pop("extends", None)
     return merged, merged_where
 
@@ -311,31 +241,31 @@ def _profile_overlay(profiles: dict, where: Where, profile: str, seen: tuple) ->
 def _expand(spec: dict, where: Where, path: Path, launch_overrides: dict) -> Study:
     unknown = [k for k in spec if k not in SPEC_KEYS]
     if unknown:
-        raise _error(where, (unknown[0],), f"unknown key; allowed: {', '.join(SPEC_KEYS)}")
+        raise error_at(where, (unknown[0],), f"unknown key; allowed: {', '.join(SPEC_KEYS)}")
     name = spec.get("name")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise _error(where, ("name",), f"{short_repr(name)} is not allowed; allowed: letters, digits, '_', '-', '.'")
+        raise error_at(where, ("name",), f"{short_repr(name)} is not allowed; allowed: letters, digits, '_', '-', '.'")
     description = spec.get("description")
     if description is not None and not isinstance(description, str):
-        raise _error(where, ("description",), f"{short_repr(description)} is not allowed; allowed: a string "
+        raise error_at(where, ("description",), f"{short_repr(description)} is not allowed; allowed: a string "
                                               "(quote it if YAML reads it as something else)")
     base = spec.get("base") or {}
     if not isinstance(base, dict):
-        raise _error(where, ("base",), f"{short_repr(base)} is not allowed; allowed: a mapping with "
+        raise error_at(where, ("base",), f"{short_repr(base)} is not allowed; allowed: a mapping with "
                                        f"{', '.join(SCHEMA)}")
     grid = _axis_lists(spec.get("grid") or {}, where, ("grid",))
     zips = spec.get("zip") or []
     if not isinstance(zips, list):
-        raise _error(where, ("zip",), "must be a list of groups, each a mapping of keys to equal-length lists")
+        raise error_at(where, ("zip",), "must be a list of groups, each a mapping of keys to equal-length lists")
     zip_groups = []
     for i, group in enumerate(zips):
         group = _axis_lists(group, where, ("zip", i))
         lengths = {len(v) for v in group.values()}
         if len(lengths) > 1:
-            raise _error(where, ("zip", i), f"lists of unequal lengths {sorted(lengths)}; keys in a group vary together")
+            raise error_at(where, ("zip", i), f"lists of unequal lengths {sorted(lengths)}; keys in a group vary together")
         clash = set(group) & (set(grid) | {k for g in zip_groups for k in g})
         if clash:
-            raise _error(where, ("zip", i, sorted(clash)[0]), "is already varied elsewhere in the spec")
+            raise error_at(where, ("zip", i, sorted(clash)[0]), "is already varied elsewhere in the spec")
         zip_groups.append(group)
     seeds = _seeds(spec.get("seeds"), where)
     _check_size(grid, zip_groups, seeds, where)
@@ -390,7 +320,7 @@ def _check_size(grid: dict, zip_groups: list, seeds: list, where: Where) -> None
         total *= n
     if total > MAX_RUNS:
         at = max(factors, key=lambda f: f[1])[0]
-        raise _error(where, at, f"the study would have {total} runs ({' x '.join(f[2] for f in factors)}); "
+        raise error_at(where, at, f"the study would have {total} runs ({' x '.join(f[2] for f in factors)}); "
                                 f"allowed: at most {MAX_RUNS} runs in one study (split it into several specs or profiles)")
 
 
@@ -400,7 +330,7 @@ def _check_paper(paper: Any, where: Where) -> dict | None:
         return None
     if not (isinstance(paper, dict) and set(paper) == {"source", "subtable"}
             and all(isinstance(v, str) for v in paper.values())):
-        raise _error(where, ("paper",), f"{short_repr(paper)} is not allowed; allowed: a mapping "
+        raise error_at(where, ("paper",), f"{short_repr(paper)} is not allowed; allowed: a mapping "
                                         "{source: mae, subtable: table1f}")
     from bench.papers import subtable
 
@@ -408,7 +338,7 @@ def _check_paper(paper: Any, where: Where) -> dict | None:
         subtable(paper["source"], paper["subtable"])
     except ConfigError as err:
         if err.key in ("paper.source", "paper.subtable"):
-            raise _error(where, tuple(err.key.split(".")), err.detail) from None
+            raise error_at(where, tuple(err.key.split(".")), err.detail) from None
         raise
     return paper
 
@@ -417,7 +347,7 @@ def _launch(launch: Any, overrides: dict, where: Where) -> tuple[dict, dict]:
     """The resolved launch section (the spec's, the command line's flags over it), and where its
     data_root was written."""
     if launch is not None and not isinstance(launch, dict):
-        raise _error(where, ("launch",), f"{short_repr(launch)} is not allowed; allowed: a mapping of launch "
+        raise error_at(where, ("launch",), f"{short_repr(launch)} is not allowed; allowed: a mapping of launch "
                                          "settings (executor, parallel, ...)")
     try:
         resolved = resolve_launch({**(launch or {}), **overrides})
@@ -425,21 +355,21 @@ def _launch(launch: Any, overrides: dict, where: Where) -> tuple[dict, dict]:
         key = err.key.split(".", 1)[1] if err.key.startswith("launch.") else err.key
         if key in overrides:
             raise ConfigError("--" + key.replace("_", "-"), err.detail, COMMAND_LINE) from None
-        raise _error(where, ("launch",) + (_locate(launch, key) or (key,)), err.detail) from None
+        raise error_at(where, ("launch",) + (locate(launch, key) or (key,)), err.detail) from None
     if "data_root" in overrides:
         written = {"data_root": (COMMAND_LINE, "--data-root")}
     else:
-        error = _error(where, ("launch", "data_root"), "")
+        error = error_at(where, ("launch", "data_root"), "")
         written = {"data_root": (error.source, error.key)}
     return resolved, written
 
 
 def _base_error(err: ConfigError, base: dict, where: Where, context: str = "") -> ConfigError:
     """An error about the config key err.key, named where the base sets it (or as the default)."""
-    located = _locate(base, err.key) if err.key != "<top>" else ()
+    located = locate(base, err.key) if err.key != "<top>" else ()
     if located is None:
         return ConfigError(err.key, f"{err.detail} (the default: the spec does not set it){context}")
-    return _error(where, ("base",) + located, err.detail + context)
+    return error_at(where, ("base",) + located, err.detail + context)
 
 
 def _run_error(err: ConfigError, combo: tuple, varying: dict, base: dict, where: Where) -> ConfigError:
@@ -449,7 +379,7 @@ def _run_error(err: ConfigError, combo: tuple, varying: dict, base: dict, where:
         for key, at in written.items():
             if err.key == key or err.key.startswith(key + "."):
                 rest = err.key[len(key) + 1:]
-                return _error(where, at + ((rest,) if rest else ()), err.detail)
+                return error_at(where, at + ((rest,) if rest else ()), err.detail)
     shown = [f"{key} = {short_repr(value, 40)}" for key, value in varying.items() if key != "seed"]
     return _base_error(err, base, where, f" (in the run with {', '.join(shown)})" if shown else "")
 
