@@ -105,18 +105,21 @@ def test_ordered_like_the_paper(tmp_path, monkeypatch):
         assert ranking.tau == pytest.approx(1.0) and ranking.best_matches
         assert ranking.our_best.label == "random 75%" and [s.label for s in ranking.paper_best] == ["random 75%"]
 
-    # grid 75% (84.0) and block 50% (83.9): 0.1 apart, seeds 0.4 apart -> within noise; the rest are not
-    noisy = {(p.metric, p.higher.label, p.lower.label) for p in comparison.pairs if p.within_noise}
+    # grid 75% (84.0) and block 50% (83.9): 0.1 apart, seeds 0.4 apart -> not resolved; the rest are
+    noisy = {(p.metric, p.higher.label, p.lower.label) for p in comparison.pairs if p.resolved is False}
     assert noisy == {("ft", "grid 75%", "block 50%")}
+    unresolved = next(p for p in comparison.pairs if p.resolved is False)
+    assert unresolved.p == pytest.approx(0.57, abs=0.01) and unresolved.seeds_needed == 99  # 0.1 apart at sd 0.2
     assert all(p.paper == "same order" for p in comparison.pairs)
 
     md = out["comparison_md"].read_text()
     assert "| block 50% (`block, 0.5`) | 87.9 ± 0.2 | [87.7, 88.1] | 3 | 83.9 | +4.0 | 3 / 3 |" in md
     assert ("| random 75% (`random, 0.75`) (paper's baseline) | 63.5 ± 0.2 | [63.3, 63.7] | 3 | 73.5 | -10.0 "
             "| 1 / 1 |") in md
-    assert "| grid 75% > block 50% | 0.1 | yes | same order |" in md
-    assert "| random 75% > block 75% | 2.1 | no | same order |" in md
-    assert md.count("Kendall's tau-b between our ordering and the paper's (4 settings): **1.00**") == 2
+    assert "| grid 75% > block 50% | 0.1 | not resolved (0.57) | ~99 | same order |" in md
+    assert "| random 75% > block 75% | 2.1 | resolved (0.0013) | — | same order |" in md
+    # four settings in perfect agreement: the exact two-sided p of tau = 1 is 2/4! = 0.083
+    assert md.count("Kendall's tau-b between our ordering and the paper's (4 settings): **1.00** (p = 0.083)") == 2
     assert md.count(": **same**") == 2
     for number in ("84.9", "83.9", "82.8", "84.0", "73.5", "72.3", "63.9", "66.0"):
         assert f"| {number} |" in md
@@ -178,7 +181,7 @@ def test_unmatched_settings_on_both_sides(tmp_path):
     md = write_comparison(tmp_path / "targets", tmp_path / "reports", "mae:table1d")["comparison_md"].read_text()
     assert "not run by us: PCA, dVAE token; ours only (no paper value): hog" in md
     assert "| hog | 82.0 | — | 1 | — | — | — |" in md
-    assert "with one seed per setting, whether one is within seed noise cannot be judged" in md
+    assert "with one seed per setting, whether one is resolved cannot be judged" in md
 
 
 def test_decoder_widths_match_per_encoder_width(tmp_path):
@@ -268,11 +271,11 @@ def test_an_absolute_bound_is_judged_only_at_the_paper_scale(tmp_path):
     assert ratio_study(tmp_path, "large", scores).claims[2].verdict == FAILS
 
 
-def test_claims_within_noise_or_not_run_cannot_be_judged(tmp_path):
+def test_claims_not_resolved_or_not_run_cannot_be_judged(tmp_path):
     noisy = ratio_study(tmp_path, "noisy", {0.5: ([85, 86], [60, 61]), 0.75: ([85, 86], [60.4, 60.4]),
                                             0.9: ([85, 86], [60.5, 61.5])})
-    assert verdicts(noisy)[:2] == [CANNOT_JUDGE, CANNOT_JUDGE]  # 0.9 beats 0.75 only within seed noise
-    assert "within seed noise" in noisy.claims[1].detail
+    assert verdicts(noisy)[:2] == [CANNOT_JUDGE, CANNOT_JUDGE]  # 0.9 beats 0.75, not resolved
+    assert "not resolved" in noisy.claims[1].detail
     missing = ratio_study(tmp_path, "missing", {0.5: ([85], [60]), 0.9: ([86], [61])})
     assert verdicts(missing)[1] == CANNOT_JUDGE and missing.claims[1].detail == "we did not run 0.75"
     assert math.isnan(missing.rankings["lin"].tau) and missing.rankings["lin"].our_best is None

@@ -12,7 +12,7 @@ import pandas as pd
 
 from bench.analysis.matching import METRICS, ClaimCheck, Setting, numeric_axis
 from bench.papers import Claim, Subtable, same_setting, same_value
-from bench.analysis.stats import within_noise
+from bench.analysis.stats import resolved, welch_p
 from bench.analysis.tables import fmt_value
 
 PASSES, FAILS, CANNOT_JUDGE, STATED_ONLY = "passes", "fails", "cannot judge", "stated only"
@@ -64,14 +64,15 @@ def _check_monotone(claim: Claim, ran: list[Setting], column: str, upto) -> Clai
     for a, b in zip(steps, steps[1:]):
         if b.mean(column) > a.mean(column):
             continue
-        same = within_noise(a.ours(column), b.ours(column))
+        verdict = resolved(welch_p(a.ours(column), b.ours(column)))
+        same = None if verdict is None else not verdict
         text = f"{a.label} → {b.label}"
         (noisy if same else unknown if same is None else drops).append(text)
     if drops or unknown:
         detail = f"drops {'; '.join(drops + unknown)}" + (" (one seed: noise not judged)" if unknown else "")
         return ClaimCheck(claim, FAILS, f"{path}: {detail}")
     if noisy:
-        return ClaimCheck(claim, CANNOT_JUDGE, f"{path}: drops within seed noise at {'; '.join(noisy)}")
+        return ClaimCheck(claim, CANNOT_JUDGE, f"{path}: drops not resolved at {'; '.join(noisy)}")
     return ClaimCheck(claim, PASSES, f"{path}: rises at every step")
 
 
@@ -84,8 +85,9 @@ def _check_argmax(claim: Claim, ran: list[Setting], column: str, at: tuple) -> C
     if best is target:
         return ClaimCheck(claim, PASSES, f"our best is {best.label} ({best.mean(column):.1f})")
     detail = f"our best is {best.label} ({best.mean(column):.1f}); {target.label} has {target.mean(column):.1f}"
-    same = within_noise(target.ours(column), best.ours(column))
+    verdict = resolved(welch_p(target.ours(column), best.ours(column)))
+    same = None if verdict is None else not verdict
     if same:
-        return ClaimCheck(claim, CANNOT_JUDGE, detail + ", within seed noise of it")
+        return ClaimCheck(claim, CANNOT_JUDGE, detail + ", not resolved from it")
     return ClaimCheck(claim, FAILS, detail + (" (one seed: noise not judged)" if same is None else ""))
 

@@ -10,10 +10,11 @@ and masking.ratio together). Per metric, fine-tune (ft) and linear probe (lin), 
   - since the scales differ (a tiny ViT on Fashion-MNIST against ViT-L on ImageNet-1K), the
     orderings: ranks, whether our best setting is the paper's, and Kendall's tau-b over the
     settings both have;
-  - our pairwise orderings, each with whether it is within seed noise (bench.analysis.stats.within_noise)
+  - our pairwise orderings, each with whether it is resolved (Welch's t-test, Holm-corrected over
+    the metric's pairs; bench.analysis.stats), roughly how many seeds would resolve it if not,
     and whether the paper orders the two settings the same way;
   - each claim of the paper checked against our means where it has a machine check: passes,
-    fails, or cannot judge (a setting we did not run, or a difference within seed noise).
+    fails, or cannot judge (a setting we did not run, or a difference not resolved).
 
 Other numbers a subtable gives (Table 1c's FLOPs, Table 2's wall-clock) are compared relative
 to the paper's baseline setting, ours to ours and the paper's to the paper's.
@@ -37,7 +38,7 @@ from bench.analysis.frames import runs_frame, varying_axes
 from bench.analysis.matching import (METRICS, OTHER_NUMBERS, Comparison, PairOrder, Ranking, Setting,
                                      match_settings)
 from bench.papers import Subtable, parse_paper_ref, subtable
-from bench.analysis.stats import bootstrap_ci, kendall_tau, within_noise
+from bench.analysis.stats import bootstrap_ci, holm, kendall, resolved, seeds_to_resolve, welch_p
 from bench.core.errors import ConfigError
 from bench.core.files import atomic_write_text
 from bench.launch.store import read_study_manifest
@@ -57,20 +58,21 @@ def rank_agreement(settings: list[Setting], metric: str) -> Ranking:
     matches = our_best in paper_best
     notes = []
     if not matches:
-        close = [p.label for p in paper_best if within_noise(p.ours(column), our_best.ours(column))]
+        close = [p.label for p in paper_best if resolved(welch_p(p.ours(column), our_best.ours(column))) is False]
         if close:
-            notes.append(f"the paper's best ({', '.join(close)}) is within our seed noise of our best")
+            notes.append(f"the paper's best ({', '.join(close)}) is not resolved from our best")
     ran = [s for s in settings if len(s.ours(column))]
     best_of_all = max(ran, key=lambda s: s.mean(column))
     if best_of_all.point is None or math.isnan(best_of_all.paper(metric)):
         notes.append(f"our best of all settings is {best_of_all.label} ({best_of_all.mean(column):.1f}), "
                      "which has no paper value")
-    tau = kendall_tau(ours, paper) if len(common) > 1 else math.nan
-    return Ranking(metric, common, our_best, paper_best, matches, "; ".join(notes), tau)
+    tau, tau_p = kendall(ours, paper) if len(common) > 1 else (math.nan, math.nan)
+    return Ranking(metric, common, our_best, paper_best, matches, "; ".join(notes), tau, tau_p)
 
 
 def pairwise_orders(settings: list[Setting], metric: str) -> list[PairOrder]:
-    """Every pair of our settings, higher mean first (ours, best to worst), with its seed noise."""
+    """Every pair of our settings, higher mean first (ours, best to worst): resolved or not (Welch's
+    test, Holm-corrected over the metric's pairs) and, if not, roughly how many seeds would tell."""
     column = METRICS[metric][0]
     ran = sorted((s for s in settings if len(s.ours(column))), key=lambda s: -s.mean(column))
     pairs = []
@@ -79,8 +81,13 @@ def pairwise_orders(settings: list[Setting], metric: str) -> list[PairOrder]:
             hp, lp = higher.paper(metric), lower.paper(metric)
             paper = "" if math.isnan(hp) or math.isnan(lp) else \
                 "same order" if hp > lp else "reversed" if hp < lp else "tied"
-            pairs.append(PairOrder(metric, higher, lower, higher.mean(column) - lower.mean(column),
-                                   within_noise(higher.ours(column), lower.ours(column)), paper))
+            pairs.append(PairOrder(metric, higher, lower, higher.mean(column) - lower.mean(column), None, paper))
+    adjusted = holm([welch_p(p.higher.ours(column), p.lower.ours(column)) for p in pairs])
+    for pair, p in zip(pairs, adjusted):
+        pair.p, pair.resolved = (math.nan if p is None else p), resolved(p)
+        if pair.resolved is False:
+            pair.seeds_needed = seeds_to_resolve(pair.higher.ours(column), pair.lower.ours(column),
+                                                 comparisons=len(pairs))
     return pairs
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from bench.analysis.matching import METRICS, OTHER_NUMBERS, Comparison
 from bench.papers import load_paper
-from bench.analysis.stats import NOISE_RULE
+from bench.analysis.stats import MAX_SEEDS, TEST_RULE
 from bench.analysis.tables import MISSING, count, fmt_number, fmt_ratio, fmt_value, md_header, md_row
 
 
@@ -59,18 +59,23 @@ def _metric_section(comparison: Comparison, metric: str) -> list[str]:
         lines.append(f"- Best setting, over the {common} both have: ours **{ranking.our_best.label}** "
                      f"({ranking.our_best.mean(column):.1f}), the paper's **{paper_best}** "
                      f"({tied}{ranking.paper_best[0].paper(metric):.1f}): {verdict}{note}.")
-        tau = "— (fewer than two settings)" if math.isnan(ranking.tau) else f"**{ranking.tau:.2f}**"
+        tau = "— (fewer than two settings)" if math.isnan(ranking.tau) else \
+            f"**{ranking.tau:.2f}** (p = {_fmt_p(ranking.tau_p)})"
         lines.append(f"- Kendall's tau-b between our ordering and the paper's ({common}): {tau}.")
     pairs = [p for p in comparison.pairs if p.metric == metric]
-    if pairs and all(p.within_noise is None for p in pairs):
-        lines += ["", "Our pairwise orderings: with one seed per setting, whether one is within seed noise "
-                  "cannot be judged."]
+    if pairs and all(p.resolved is None for p in pairs):
+        lines += ["", "Our pairwise orderings: with one seed per setting, whether one is resolved cannot be judged."]
     elif pairs:
-        lines += ["", "Our pairwise orderings, and whether each is within seed noise:", ""]
-        lines += md_header(["ours", "Δ", "within seed noise", "the paper"], "lrll")
+        lines += ["", "Our pairwise orderings, whether each is resolved (Holm-corrected p), and roughly how many "
+                  "seeds per setting would resolve one that is not:", ""]
+        lines += md_header(["ours", "Δ", "resolved (p)", "seeds to resolve", "the paper"], "lrlrl")
         for p in pairs:
-            noise = "cannot judge (one seed)" if p.within_noise is None else "yes" if p.within_noise else "no"
-            lines.append(md_row([f"{p.higher.label} > {p.lower.label}", f"{p.delta:.1f}", noise, p.paper or MISSING]))
+            verdict = ("cannot judge (one seed)" if p.resolved is None
+                       else f"{'resolved' if p.resolved else 'not resolved'} ({_fmt_p(p.p)})")
+            seeds = MISSING if p.resolved is not False else \
+                (f"> {MAX_SEEDS}" if p.seeds_needed is None else f"~{p.seeds_needed}")
+            lines.append(md_row([f"{p.higher.label} > {p.lower.label}", f"{p.delta:.1f}", verdict, seeds,
+                                 p.paper or MISSING]))
     return lines
 
 
@@ -130,8 +135,9 @@ def format_comparison(comparison: Comparison, study: str, runs: pd.DataFrame, de
             check = MISSING if c.claim.check is None else ", ".join(
                 f"{k}: {_fmt_check_value(v)}" for k, v in c.claim.check.items())
             lines.append(md_row([c.claim.text, check, f"**{c.verdict}**", c.detail]))
-    lines += ["", f"Seed noise: two settings are within seed noise when {NOISE_RULE}; with one seed it cannot be "
-              "judged. 95% CI: percentile bootstrap of the mean over seeds."]
+    lines += ["", f"Resolved: {TEST_RULE}; with one seed a difference cannot be judged. Seeds to resolve: per "
+              "setting, for 80% power of a t-test at 0.05 / the pairs compared, at the observed spread, roughly. Kendall's tau-b's "
+              "p: two-sided (scipy.stats.kendalltau). 95% CI: percentile bootstrap of the mean over seeds."]
     return "\n".join(lines) + "\n"
 
 
@@ -139,3 +145,10 @@ def _fmt_check_value(value) -> str:
     if isinstance(value, tuple):
         return ", ".join(fmt_value(v) for v in value)
     return fmt_value(value)
+
+
+def _fmt_p(p: float) -> str:
+    """A p-value to two significant digits ('< 0.001' below that)."""
+    if math.isnan(p):
+        return MISSING
+    return "< 0.001" if p < 0.001 else f"{p:.2g}"

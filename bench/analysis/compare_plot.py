@@ -51,7 +51,7 @@ def plot_comparison(comparison: Comparison, path: Path | str, title: str) -> Non
                 bars(ax, data, column, x_order, [ours_color], 1, small=len(ran) > 10)
                 if max(map(len, x_order)) * len(x_order) > 6 * panel_w:
                     plt.setp(ax.get_xticklabels(), rotation=25, ha="right")
-            zoom(ax, data[column])
+            zoom(ax, data[column], from_zero=not numeric)
             ax.set_xlabel(axis_label(x_name) if numeric else ", ".join(axis_label(a) for a in sub.axes))
             ax.set_ylabel("ours (%)", color=ours_color)
             ax.tick_params(axis="y", colors=ours_color)
@@ -97,6 +97,6 @@ def _paper_series(ax, points: list[tuple], bound: float | None, numeric: bool, c
         right.annotate(f"> {bound:g}", (1.0, bound), xycoords=("axes fraction", "data"), xytext=(-4, 3),
                        textcoords="offset points", ha="right", va="bottom", fontsize=8, color=color)
         values.append(bound)
-    zoom(right, pd.Series(values))
+    zoom(right, pd.Series(values), from_zero=not numeric)  # the paper's axis on the same footing as ours
     right.set_ylabel("paper (%)", color=color)
     right.tick_params(axis="y", colors=color)

@@ -68,6 +68,7 @@ class Ranking:
     best_matches: bool | None   # None: no setting in common
     note: str                   # why a mismatch may not matter; our best of all when the paper lacks it
     tau: float                  # Kendall's tau-b; nan with fewer than two settings in common
+    tau_p: float = math.nan     # its two-sided p-value
 
 
 @dataclass
@@ -77,8 +78,10 @@ class PairOrder:
     higher: Setting
     lower: Setting
     delta: float
-    within_noise: bool | None   # None: one seed, noise cannot be judged
+    resolved: bool | None       # Welch's test, Holm-corrected over the metric's pairs; None: one seed
     paper: str                  # 'same order', 'reversed', 'tied', or '' when the paper lacks one
+    p: float = math.nan         # the Holm-corrected p-value
+    seeds_needed: int | None = None  # roughly, per setting, to resolve the gap at the observed spread
 
 
 @dataclass

@@ -56,9 +56,13 @@ def save_png(fig, path: Path | str) -> None:
         plt.close(fig)
 
 
-def zoom(ax, values: pd.Series) -> None:
-    """y limits around the data, with room above for the value labels."""
+def zoom(ax, values: pd.Series, from_zero: bool = False) -> None:
+    """y limits around the data, with room above for the value labels. Bars start at zero
+    (`from_zero`): a bar's height is its value, so a 1-point gap never looks like a 3x one."""
     lo, hi = float(values.min()), float(values.max())
+    if from_zero:
+        ax.set_ylim(0.0, max(hi, 1.0) * 1.15)
+        return
     span = max(hi - lo, 1.0)
     ax.set_ylim(max(0.0, lo - 0.3 * span), hi + 0.3 * span)
 
@@ -172,7 +176,7 @@ def plot_study(frame: pd.DataFrame, axes: list[str], path: Path | str, title: st
                 bars(ax, data, metric, x_ticks, colors, n_levels, small=n_slots > 10)
                 if max(map(len, x_ticks)) * len(x_ticks) > 6 * panel_w:  # long names: slant them
                     plt.setp(ax.get_xticklabels(), rotation=25, ha="right")
-            zoom(ax, data[metric].dropna())
+            zoom(ax, data[metric].dropna(), from_zero=not numeric)
             ax.set_xlabel(axis_label(x) if axes else "")
             ax.set_ylabel("")
         handles, names = [], []

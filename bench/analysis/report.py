@@ -3,7 +3,8 @@
     reports/<study>/
         runs.csv    one row per finished run: its flattened config and its result
         table.csv   one row per setting of the varying axes, per eval: mean, std, n and the 95%
-                    bootstrap interval over seeds, and whether it is the best or within seed noise of it
+                    bootstrap interval over seeds, and whether it is the best, resolved below it, or not
+                    resolved from it (with the Holm-corrected p of Welch's test)
         table.md    the same table in markdown, with the study's description and setup
         plot.png    fine-tune and linear probe top-1 (and k-NN, when run) against the varying axis
         comparison.md / .csv / .png   when the study names the paper subtable it reproduces (bench.analysis.compare)
@@ -11,8 +12,8 @@
 The runs and their axes come from bench.analysis.frames, the picture from bench.analysis.plots,
 the cells' text from bench.analysis.tables; this module summarises over seeds and writes the files.
 
-Seed noise (bench.analysis.stats.within_noise): the table marks the settings whose difference from the
-best setting is within two standard errors of that difference.
+Each setting is tested against the best one (bench.analysis.stats: Welch's t-test, Holm's
+correction across the table's comparisons); the table marks those not resolved from the best.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from bench.analysis.compare import write_comparison
 from bench.analysis.frames import (METRICS, join_zip_groups, present_metrics, runs_frame, value_order, value_rank,
                                    varying_axes)
 from bench.analysis.plots import plot_study
-from bench.analysis.stats import NOISE_RULE, bootstrap_ci, within_noise
+from bench.analysis.stats import TEST_RULE, bootstrap_ci, holm, resolved, welch_p
 from bench.analysis.tables import MISSING, fmt_interval, fmt_score, fmt_value, marked, md_header, md_row
 from bench.core.errors import ConfigError
 from bench.core.files import atomic_write_text
@@ -36,7 +37,8 @@ from bench.launch.store import read_study_manifest
 def summary_table(frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     """Per combination of the axes and per eval, over seeds: mean, std (ddof=1), n (runs with a
     value), the 95% bootstrap interval of the mean (ci_lo, ci_hi) and `vs_best`: 'best' (highest
-    mean), 'within noise' of the best, 'below' it, or 'unknown' (one seed: noise cannot be judged).
+    mean), 'not resolved' from the best, 'below' it (resolved), or 'unknown' (one seed: cannot be
+    judged), with `p_vs_best`, the Holm-corrected p of Welch's test against the best.
     Then n, the runs of the setting.
 
     With no varying axis there is a single row, labelled by the study in a `study` column.
@@ -58,29 +60,36 @@ def summary_table(frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows)
     for name in metrics:
-        table.insert(table.columns.get_loc(f"{name}_ci_hi") + 1, f"{name}_vs_best",
-                     _versus_best(table[f"{name}_mean"], [s[name] for s in samples]))
+        verdicts, p_values = _versus_best(table[f"{name}_mean"], [s[name] for s in samples])
+        at = table.columns.get_loc(f"{name}_ci_hi") + 1
+        table.insert(at, f"{name}_vs_best", verdicts)
+        table.insert(at + 1, f"{name}_p_vs_best", p_values)
     if axes:
         orders = {a: value_order(frame[a]) for a in axes}
         table = table.sort_values(axes, key=lambda col: value_rank(col, orders[col.name]), kind="stable")
     return table.reset_index(drop=True)
 
 
-def _versus_best(means: pd.Series, samples: list[np.ndarray]) -> list[str]:
-    """Each setting against the one with the highest mean: best / within noise / below / unknown."""
+def _versus_best(means: pd.Series, samples: list[np.ndarray]) -> tuple[list[str], list[float]]:
+    """Each setting against the one with the highest mean — best / not resolved / below / unknown
+    (one seed) — and the Holm-corrected p-value of Welch's test against the best (nan where none)."""
     if means.isna().all():
-        return [""] * len(means)
+        return [""] * len(means), [np.nan] * len(means)
     best = int(means.reset_index(drop=True).idxmax())
-    verdicts = []
+    others = [i for i, mean in enumerate(means) if i != best and not pd.isna(mean)]
+    adjusted = dict(zip(others, holm([welch_p(samples[i], samples[best]) for i in others])))
+    verdicts, p_values = [], []
     for i, mean in enumerate(means):
+        p = adjusted.get(i)
+        p_values.append(np.nan if p is None else p)
         if i == best:
             verdicts.append("best")
         elif pd.isna(mean):
             verdicts.append("")
         else:
-            same = within_noise(samples[i], samples[best])
-            verdicts.append("unknown" if same is None else "within noise" if same else "below")
-    return verdicts
+            verdict = resolved(p)
+            verdicts.append("unknown" if verdict is None else "below" if verdict else "not resolved")
+    return verdicts, p_values
 
 
 def format_markdown(table: pd.DataFrame, axes: list[str]) -> str:
@@ -100,8 +109,8 @@ def format_markdown(table: pd.DataFrame, axes: list[str]) -> str:
                       fmt_interval(row[f"{name}_ci_lo"], row[f"{name}_ci_hi"], n), str(n)]
         lines.append(md_row(cells))
     if len(table) > 1:
-        lines += ["", "**Bold**: the setting with the highest mean. †: within seed noise of it, "
-                  f"{NOISE_RULE}; a setting with one seed cannot be judged and gets no mark. "
+        lines += ["", "**Bold**: the setting with the highest mean. †: not resolved from it by "
+                  f"{TEST_RULE}; a setting with one seed cannot be judged and gets no mark. "
                   "95% CI: percentile bootstrap of the mean over seeds."]
     return "\n".join(lines) + "\n"
 

@@ -59,10 +59,10 @@ def count(n: int, noun: str) -> str:
 
 
 def marked(cell: str, vs_best: str, n_rows: int) -> str:
-    """The best setting in bold, one within seed noise of it with a dagger."""
+    """The best setting in bold, one not resolved from it with a dagger."""
     if n_rows < 2 or cell == MISSING:
         return cell
-    return f"**{cell}**" if vs_best == "best" else f"{cell} †" if vs_best == "within noise" else cell
+    return f"**{cell}**" if vs_best == "best" else f"{cell} †" if vs_best == "not resolved" else cell
 
 
 def md_row(cells: list) -> str:
