@@ -305,3 +305,35 @@ def test_a_report_counts_only_the_specs_current_runs_and_names_code_versions(tmp
     assert paths["n_runs"] == 2 and "| 0.9 |" not in text
     assert "Not in this spec (left out): 1 finished run, r2." in text
     assert "The runs come from 2 code versions: aaaaaaa; bbbbbbb-dirty." in text
+
+
+def test_baselines_are_shown_and_settings_that_do_not_beat_them_flagged(tmp_path):
+    """Baseline runs (config key `baseline`) get their own table and lines in the plot; a setting
+    that does not beat the random-init baseline by a resolved margin is flagged ‡."""
+    scores = {"random": ([84.0, 85.0, 84.5], [70.0, 71.0, 70.5]), "grid": ([80.0, 80.6, 80.3], [60.4, 60.2, 60.9])}
+    for strategy, (ft, lin) in scores.items():
+        for seed in range(3):
+            add_run(tmp_path, "b", f"{strategy}{seed}", finetune=ft[seed], probe=lin[seed], seed=seed,
+                    masking__strategy=strategy)
+    for seed, (ft, lin) in enumerate([(80.1, 60.0), (80.5, 60.8), (80.3, 60.4)]):
+        run = add_run(tmp_path, "b", f"scratch{seed}", finetune=ft, probe=lin, seed=seed)
+        config = run.read_config() | {"baseline": "random_init"}
+        run.config_path.write_text(__import__("yaml").safe_dump(config))
+        result = json.loads(run.result_path.read_text())
+        result.pop("config", None)
+        run.result_path.write_text(json.dumps(result))
+    run = add_run(tmp_path, "b", "pixels0", finetune=None, probe=84.5, seed=0)
+    run.config_path.write_text(__import__("yaml").safe_dump(run.read_config() | {"baseline": "raw_pixels"}))
+
+    paths = write_report(tmp_path / "b", tmp_path / "reports")
+    table = paths["table"]
+    assert list(table["masking.strategy"]) == ["grid", "random"] and paths["n_runs"] == 6  # baselines apart
+    assert dict(zip(table["masking.strategy"], table["finetune_vs_baseline"])) == {"random": "beats",
+                                                                                  "grid": "not above"}
+    text = paths["table_md"].read_text()
+    assert "| grid | 80.3 ± 0.3 ‡ |" in text and "| random | **84.5 ± 0.5** |" in text
+    assert "| random init, no pre-training (fine-tune = from scratch) | 80.3 ± 0.2 | 60.4 ± 0.4 | 3 |" in text
+    assert "| raw pixels (linear probe recipe; k-NN) | — | 84.5 | 1 |" in text
+    assert "‡: not above the random init baseline" in text
+    runs_csv = pd.read_csv(paths["runs_csv"])
+    assert sorted(runs_csv["baseline"].dropna()) == ["random_init"] * 3 + ["raw_pixels"]

@@ -38,6 +38,7 @@ from bench.analysis.frames import runs_frame, varying_axes
 from bench.analysis.matching import (METRICS, OTHER_NUMBERS, Comparison, PairOrder, Ranking, Setting,
                                      match_settings)
 from bench.papers import Subtable, parse_paper_ref, subtable
+from bench.analysis.baselines import format_baselines, split_baselines
 from bench.analysis.stats import bootstrap_ci, holm, kendall, resolved, seeds_to_resolve, welch_p
 from bench.core.errors import ConfigError
 from bench.core.files import atomic_write_text
@@ -155,17 +156,19 @@ def resolve_subtable(study_dir: Path | str, paper: str | dict | None = None) -> 
 
 
 def write_comparison(study_dir: Path | str, reports_root: Path | str = "reports", paper: str | dict | None = None,
-                     runs: pd.DataFrame | None = None) -> dict | None:
+                     runs: pd.DataFrame | None = None, baselines: pd.DataFrame | None = None) -> dict | None:
     """Write comparison.md, comparison.csv and comparison.png under reports_root/<study>/.
 
     Returns their paths (comparison_md, comparison_csv, comparison_png) and the Comparison, or
-    None when no paper subtable is named. `runs`: runs_frame(study_dir), when the caller has it.
+    None when no paper subtable is named. `runs` and `baselines`: the study's settings and baseline
+    runs (bench.analysis.baselines.split_baselines of runs_frame), when the caller has them.
     """
     study_dir = Path(study_dir)
     sub = resolve_subtable(study_dir, paper)
     if sub is None:
         return None
-    runs = runs_frame(study_dir) if runs is None else runs
+    if runs is None:
+        runs, baselines = split_baselines(runs_frame(study_dir))
     if runs.empty:
         raise ConfigError(str(study_dir), "no finished runs (a run is finished when its result.json is complete)")
     comparison = compare(runs, sub)
@@ -174,7 +177,10 @@ def write_comparison(study_dir: Path | str, reports_root: Path | str = "reports"
     paths = {"comparison_md": out / "comparison.md", "comparison_csv": out / "comparison.csv",
              "comparison_png": out / "comparison.png"}
     description = read_study_manifest(study_dir).get("description")
-    atomic_write_text(paths["comparison_md"], format_comparison(comparison, study, runs, description))
+    text = format_comparison(comparison, study, runs, description)
+    if baselines is not None and not baselines.empty:
+        text += "\n## Baselines\n\n" + format_baselines(baselines)
+    atomic_write_text(paths["comparison_md"], text)
     atomic_write_text(paths["comparison_csv"], comparison.table.to_csv(index=False))
     source = f"{sub.paper.upper()} {sub.source.split(' (')[0]}"
     title = f"{study} vs {source}: {sub.title}\nours: {ours_setup(runs)}\npaper: {sub.setup_text}"

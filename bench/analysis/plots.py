@@ -136,12 +136,15 @@ def _levels(frame: pd.DataFrame, axes: list[str]) -> tuple[pd.Series, list[str]]
     return frame[axes].apply(lambda r: label(list(r)), axis=1), order
 
 
-def plot_study(frame: pd.DataFrame, axes: list[str], path: Path | str, title: str) -> None:
+def plot_study(frame: pd.DataFrame, axes: list[str], path: Path | str, title: str,
+               references: dict[str, list[tuple[str, float]]] | None = None) -> None:
     """A panel per eval (fine-tune, linear probe, and k-NN when run) against the first axis (x).
 
-    A numeric axis gives lines through the means, a categorical one bars; further axes
-    split the runs into coloured groups (the legend). Each run is a dot.
+    A numeric axis gives lines through the means, a categorical one bars (from zero); further
+    axes split the runs into coloured groups (the legend). Each run is a dot. `references`:
+    per result column, baselines' means drawn as labelled dashed lines.
     """
+    references = references or {}
     data = frame.copy()
     x = axes[0] if axes else "study"
     numeric = bool(axes) and is_numeric(data[x])
@@ -176,7 +179,15 @@ def plot_study(frame: pd.DataFrame, axes: list[str], path: Path | str, title: st
                 bars(ax, data, metric, x_ticks, colors, n_levels, small=n_slots > 10)
                 if max(map(len, x_ticks)) * len(x_ticks) > 6 * panel_w:  # long names: slant them
                     plt.setp(ax.get_xticklabels(), rotation=25, ha="right")
-            zoom(ax, data[metric].dropna(), from_zero=not numeric)
+            lines_at = references.get(metric, [])
+            zoom(ax, pd.concat([data[metric].dropna(), pd.Series([v for _, v in lines_at], dtype=float)]),
+                 from_zero=not numeric)
+            for i, (label, value) in enumerate(lines_at):
+                ax.axhline(value, color="0.2", ls=("--", ":")[i % 2], lw=1.3, zorder=4)
+                ax.annotate(f"{label}: {value:.1f}", (0.0, value), xycoords=("axes fraction", "data"),
+                            xytext=(3, 2), textcoords="offset points", ha="left", va="bottom", fontsize=7,
+                            color="0.15", zorder=5, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none",
+                                                              alpha=0.85))
             ax.set_xlabel(axis_label(x) if axes else "")
             ax.set_ylabel("")
         handles, names = [], []

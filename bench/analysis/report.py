@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.analysis.baselines import format_baselines, reference_lines, split_baselines, versus_baseline
 from bench.analysis.compare import write_comparison
 from bench.analysis.frames import (METRICS, join_zip_groups, present_metrics, runs_frame, value_order, value_rank,
                                    varying_axes)
@@ -34,12 +35,13 @@ from bench.launch.store import read_study_manifest
 
 
 # ----------------------------------------------------------------------------- the table
-def summary_table(frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+def summary_table(frame: pd.DataFrame, axes: list[str], baselines: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per combination of the axes and per eval, over seeds: mean, std (ddof=1), n (runs with a
     value), the 95% bootstrap interval of the mean (ci_lo, ci_hi) and `vs_best`: 'best' (highest
     mean), 'not resolved' from the best, 'below' it (resolved), or 'unknown' (one seed: cannot be
     judged), with `p_vs_best`, the Holm-corrected p of Welch's test against the best.
-    Then n, the runs of the setting.
+    Then n, the runs of the setting. With `baselines` (the study's baseline runs), per eval also
+    `vs_baseline`: 'beats' the random-init baseline by a resolved margin, or 'not above' it.
 
     With no varying axis there is a single row, labelled by the study in a `study` column.
     """
@@ -64,6 +66,9 @@ def summary_table(frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
         at = table.columns.get_loc(f"{name}_ci_hi") + 1
         table.insert(at, f"{name}_vs_best", verdicts)
         table.insert(at + 1, f"{name}_p_vs_best", p_values)
+    if baselines is not None and not baselines.empty:
+        for name, verdicts in versus_baseline(samples, baselines, metrics).items():
+            table.insert(table.columns.get_loc(f"{name}_p_vs_best") + 1, f"{name}_vs_baseline", verdicts)
     if axes:
         orders = {a: value_order(frame[a]) for a in axes}
         table = table.sort_values(axes, key=lambda col: value_rank(col, orders[col.name]), kind="stable")
@@ -105,6 +110,8 @@ def format_markdown(table: pd.DataFrame, axes: list[str]) -> str:
         for name in names:
             n = int(row[f"{name}_n"])
             score = fmt_score(row[f"{name}_mean"], row[f"{name}_std"], n)
+            if row.get(f"{name}_vs_baseline") == "not above":
+                score += " ‡"
             cells += [marked(score, row[f"{name}_vs_best"], len(table)),
                       fmt_interval(row[f"{name}_ci_lo"], row[f"{name}_ci_hi"], n), str(n)]
         lines.append(md_row(cells))
@@ -181,21 +188,24 @@ def write_report(study_dir: Path | str, reports_root: Path | str = "reports",
     manifest = read_study_manifest(study_dir)
     description = description or manifest.get("description")
     paper = paper or manifest.get("paper")
-    runs = runs_frame(study_dir)
+    runs, baselines = split_baselines(runs_frame(study_dir))
     if runs.empty:
         raise ConfigError(str(study_dir), "no finished runs (a run is finished when its result.json is complete)")
     frame, axes = join_zip_groups(runs, varying_axes(runs), manifest.get("zip_groups", []))
-    table = summary_table(frame, axes)
+    table = summary_table(frame, axes, baselines)
     out = Path(reports_root) / study
     paths = {"table_md": out / "table.md", "table_csv": out / "table.csv",
              "plot": out / "plot.png", "runs_csv": out / "runs.csv"}
 
-    atomic_write_text(paths["runs_csv"], frame.to_csv(index=False))
+    every_run = frame if baselines.empty else pd.concat([frame, baselines], ignore_index=True)
+    atomic_write_text(paths["runs_csv"], every_run.to_csv(index=False))
     atomic_write_text(paths["table_csv"], table.to_csv(index=False))
-    parts = [f"# {study}", description, format_markdown(table, axes).rstrip(), setup_line(frame)]
+    parts = [f"# {study}", description, format_markdown(table, axes).rstrip(), format_baselines(baselines).rstrip(),
+             setup_line(frame)]
     atomic_write_text(paths["table_md"], "\n\n".join(p for p in parts if p) + "\n")
-    plot_study(frame, axes, paths["plot"], f"{study}\n{description}" if description else study)
+    plot_study(frame, axes, paths["plot"], f"{study}\n{description}" if description else study,
+               reference_lines(baselines))
     if paper:
-        comparison = write_comparison(study_dir, reports_root, paper, runs=runs)
+        comparison = write_comparison(study_dir, reports_root, paper, runs=runs, baselines=baselines)
         paths.update({k: comparison[k] for k in ("comparison_md", "comparison_csv", "comparison_png")})
     return {**paths, "n_runs": len(frame), "table": table}

@@ -1,0 +1,96 @@
+"""A study's baselines, measured with its own eval recipe, data and seeds, and whether each setting
+beats them.
+
+    random_init   no pre-training: fine-tune from scratch, and linear probe / k-NN on the
+                  method's randomly initialised encoder
+    raw_pixels    a linear classifier (the probe's recipe) and k-NN on the raw pixels
+
+Baseline runs are runs like any other (their config's `baseline` key names the kind); in a study's
+frame they are the rows whose `baseline` is set. A setting "beats" a baseline when its mean is
+higher and Welch's test against the baseline's seeds, Holm-corrected across the table's settings,
+resolves the difference; a setting that does not is flagged ‡ in the table — the reader then
+cannot tell its representation from what no pre-training (or the pixels) already give.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bench.analysis.frames import METRICS, present_metrics
+from bench.analysis.stats import holm, resolved, welch_p
+from bench.analysis.tables import MISSING, fmt_score, md_header, md_row
+
+KINDS = {"random_init": "random init, no pre-training (fine-tune = from scratch)",
+         "raw_pixels": "raw pixels (linear probe recipe; k-NN)"}
+REFERENCE = "random_init"  # the baseline every setting must beat, per eval
+
+
+def split_baselines(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the study's settings, its baseline runs): rows with a `baseline` value are baselines."""
+    if frame.empty or "baseline" not in frame or frame["baseline"].isna().all():
+        return frame, frame.iloc[0:0]
+    is_baseline = frame["baseline"].notna()
+    settings = frame[~is_baseline].drop(columns="baseline").reset_index(drop=True)
+    settings.attrs = dict(frame.attrs)
+    return settings, frame[is_baseline].reset_index(drop=True)
+
+
+def baseline_values(baselines: pd.DataFrame, kind: str, column: str) -> np.ndarray:
+    if baselines.empty or column not in baselines:
+        return np.array([])
+    return baselines.loc[baselines["baseline"] == kind, column].dropna().to_numpy(dtype=float)
+
+
+def versus_baseline(table_samples: list[dict], baselines: pd.DataFrame, metrics: dict) -> dict[str, list[str]]:
+    """Per eval, each setting against the reference baseline: 'beats' / 'not above' / '' (no baseline
+    or no values), by Welch's test Holm-corrected across the settings."""
+    out = {}
+    for name, (column, _) in metrics.items():
+        reference = baseline_values(baselines, REFERENCE, column)
+        if len(reference) == 0:
+            out[name] = [""] * len(table_samples)
+            continue
+        p_values = [welch_p(s[name], reference) if len(s[name]) else None for s in table_samples]
+        verdicts = []
+        for sample, p in zip(table_samples, holm(p_values)):
+            if not len(sample[name]):
+                verdicts.append("")
+            elif sample[name].mean() > reference.mean() and resolved(p):
+                verdicts.append("beats")
+            else:
+                verdicts.append("not above")
+        out[name] = verdicts
+    return out
+
+
+def format_baselines(baselines: pd.DataFrame) -> str:
+    """The baselines' table in Markdown (empty when the study has none)."""
+    if baselines.empty:
+        return ""
+    metrics = present_metrics(baselines)
+    lines = ["Baselines, with the same eval recipe, data and seeds:", ""]
+    lines += md_header(["baseline"] + [f"{label}" for _, label in metrics.values()] + ["n"], "l" + "r" * (len(metrics) + 1))
+    for kind, text in KINDS.items():
+        runs = baselines[baselines["baseline"] == kind]
+        if runs.empty:
+            continue
+        cells = [text]
+        for column, _ in metrics.values():
+            values = runs[column].dropna().to_numpy(dtype=float) if column in runs else np.array([])
+            cells.append(fmt_score(values.mean(), values.std(ddof=1) if len(values) > 1 else np.nan, len(values))
+                         if len(values) else MISSING)
+        lines.append(md_row(cells + [str(len(runs))]))
+    lines += ["", f"‡: not above the {KINDS[REFERENCE].split(',')[0]} baseline of the same eval by a resolved margin "
+              "(Welch's t-test, Holm-corrected across the settings)."]
+    return "\n".join(lines) + "\n"
+
+
+def reference_lines(baselines: pd.DataFrame) -> dict[str, list[tuple[str, float]]]:
+    """Per result column, the baselines' means to draw as reference lines: [(label, mean)]."""
+    out: dict[str, list[tuple[str, float]]] = {}
+    for column, _ in METRICS.values():
+        for kind in KINDS:
+            values = baseline_values(baselines, kind, column)
+            if len(values):
+                out.setdefault(column, []).append((kind.replace("_", " "), float(values.mean())))
+    return out
