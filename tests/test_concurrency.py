@@ -21,6 +21,7 @@ from bench.launch import lease as leases
 from bench.launch.job import run_one
 from bench.launch.status import clear_submitting, study_status, write_submitting
 from bench.launch.store import RunFolder
+from bench.data import identity_digest
 from bench.study.config import resolve, run_id
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +32,12 @@ HOLD = ("import sys, time; from bench.launch.lease import Lease; lease = Lease(s
 def small(tiny_base):
     tiny_base["data"] = {"name": "synthetic", "train_limit": 64, "test_limit": 32, "img_size": 16}
     return tiny_base
+
+
+def identified(config):
+    """The config as load_study makes it (a launch of a spec): data.identity filled in."""
+    config["data"]["identity"] = identity_digest(config["data"], None)
+    return config
 
 
 def write_spec(tmp_path, base, name="conc", seeds=(0,), launch=None):
@@ -93,7 +100,7 @@ def test_two_launches_started_together_run_each_run_once(tmp_path, tiny_base):
 
 
 def test_a_held_lease_is_left_alone_and_shows_as_running(tmp_path, tiny_base, capsys):
-    config = resolve(small(tiny_base))
+    config = identified(resolve(small(tiny_base)))  # as a launch of the spec below makes it
     rid = run_id(config)
     root = tmp_path / "results"
     folder = RunFolder(root, "s", rid)
@@ -121,7 +128,7 @@ def test_a_held_lease_is_left_alone_and_shows_as_running(tmp_path, tiny_base, ca
 
 
 def test_force_respects_a_held_lease_and_a_done_run_is_never_restarted(tmp_path, tiny_base, capsys):
-    config = resolve(small(tiny_base))
+    config = identified(resolve(small(tiny_base)))  # as a launch of the spec below makes it
     rid = run_id(config)
     root = tmp_path / "results"
     assert run_one(config, "s", str(root), {"device": "cpu", "threads": 1})["status"] == "done"

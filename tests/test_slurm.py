@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from bench.cli import main
+from bench.data import identity_digest
 from bench.study.config import resolve, run_id
 from bench.launch.job import run_one
 from bench.launch.status import study_status
@@ -75,6 +76,7 @@ def test_preempted_job_is_requeued_and_resumes_exactly(slurm_cluster, tmp_path, 
     tiny_base["pretrain"]["epochs"] = 60  # long enough to be caught mid-training
     tiny_base["data"]["train_limit"] = 1024
     config = resolve(tiny_base)
+    config["data"]["identity"] = identity_digest(config["data"], None)  # as the launch of the spec below
     rid = run_id(config)
     # the reference: the same config, never interrupted, with the job's single thread
     run_one(config, "ref", str(tmp_path / "reference"), {"device": "cpu", "threads": 1})
@@ -127,6 +129,7 @@ def test_cancel_stops_a_study(slurm_cluster, tmp_path, tiny_base, capsys):
 def test_ddp_two_processes_follow_the_single_process_loss_curve(slurm_cluster, tmp_path, tiny_base):
     tiny_base["pretrain"]["epochs"] = 3
     config = resolve(tiny_base)
+    config["data"]["identity"] = identity_digest(config["data"], None)  # as the launch of the spec below
     rid = run_id(config)
     run_one(config, "one", str(tmp_path / "one"), {"device": "cpu", "threads": 1})
     spec = write_spec(tmp_path, "ddp", tiny_base, {})

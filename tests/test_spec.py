@@ -9,8 +9,14 @@ import yaml
 
 from bench.core.errors import ConfigError
 from bench.core.hashing import canonical_json
+from bench.data import identity_digest
 from bench.study.config import resolve, resolve_launch, run_id
 from bench.study.spec import load_study
+
+
+def identified(cfg):
+    """A resolved config as load_study makes it: with the digest of its data in data.identity."""
+    return {**cfg, "data": {**cfg["data"], "identity": identity_digest(cfg["data"], None)}}
 
 
 def write_spec(tmp_path, spec, name="spec.yaml"):
@@ -95,7 +101,7 @@ def test_run_id_is_stable_across_key_order_number_spelling_and_processes(tmp_pat
         path.write_text(text.replace("blr: 0.0015", f"blr: {blr}"))
         assert f"blr: {blr}" in path.read_text()
         spellings.append(load_study(path).runs[0].run_id)
-    assert spellings == [run_id(a)] * 4
+    assert spellings == [run_id(identified(a))] * 4
     assert run_id(resolve(reordered)) == run_id(a)
     code = f"import json; from bench.study.config import resolve, run_id; print(run_id(resolve(json.loads({json.dumps(json.dumps(tiny_base))}))))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -121,7 +127,7 @@ def test_run_id_changes_with_every_setting_but_not_with_launch(tmp_path, tiny_ba
     assert run_id(resolve(cfg)) != base_id
     path = write_spec(tmp_path, {"name": "s", "base": tiny_base, "launch": {"executor": "debug", "threads": 1}})
     study = load_study(path, {"parallel": 4, "device": "cpu"})
-    assert study.runs[0].run_id == base_id
+    assert study.runs[0].run_id == run_id(identified(resolve(tiny_base)))
     assert resolve_launch({"parallel": 4})["parallel"] == 4
 
 
@@ -135,6 +141,7 @@ def test_a_key_added_later_keeps_earlier_run_ids_at_its_old_value(tiny_base):
     written_before = json.loads(json.dumps(resolved))
     del written_before["pretrain"]["precision"]
     del written_before["method"]
+    del written_before["data"]["identity"]  # null: not identified (what load_study leaves without the data)
     old_id = hashlib.sha256(canonical_json(written_before).encode()).hexdigest()[:12]
     assert run_id(resolved) == old_id
     assert run_id(resolve(written_before)) == old_id  # an old stored config resolves to the same id

@@ -13,11 +13,20 @@ Each entry names its loader as "module:function" (bench.data.datasets), imported
 run need: where it is looked for, how to get it, its channels, its per-channel mean and std.
 Augmentation presets (MAE Table 1e) are applied batched on the device by bench.data.augment.augment.
 
-`check_data(name, data_root)` is the cheap look before anything runs (`mimbench plan` and
-`run` call it once per study): the data root exists, and the dataset's files are there and read
-as the dataset's format says — headers and counts, not every pixel. A bad file stops with one
-line naming it and what was expected; the loaders (bench.data.datasets) say the same of what
-they read.
+`check_data(name, data_root, limits)` is the cheap look before anything runs (`mimbench plan` and
+`run` call it once per study and data section): the data root exists, and the dataset's files are
+there and read as the dataset's format says — headers and counts, not every pixel —, its labels
+are in one label space (an ImageFolder's val/ has no class train/ lacks), and a limit is not
+larger than its split. A bad file stops with one line naming it and what was expected; the loaders
+(bench.data.datasets) say the same of what they read, a file that breaks while a run reads it
+included.
+
+`identify(data_cfg, data_root)` says which data that is (bench.data.identity: file names, sizes,
+sampled bytes, the limits and the subset rule, and a 12-hex digest of it all), torch-free and
+cheap; `bench.study.spec.load_study` puts the digest in each run's `data.identity`, so a run id
+and every cache key built from the config name the data as well as the settings. A dataset's
+`default_identity` (Debian's Fashion-MNIST, whole) is left out of the run id, so those ids stay
+as they were. A limit draws a seeded, class-stratified subset (bench.data.subset), not the first N.
 """
 from __future__ import annotations
 
@@ -47,6 +56,9 @@ class DatasetEntry:
     doc: str = ""
     channels: int = 3  # of the images the model sees (a patch holds patch_size² × channels numbers)
     check: str = ""  # "module:function", called as (name, data_root): the cheap look at the files
+    identify: str = ""  # "module:function", called as (name, data_root) -> (folder read, identity's content)
+    count: str = ""  # "module:function", called as (name, data_root, split) -> (images in split or None, where)
+    default_identity: str | None = None  # the digest left out of the run id (bench.study.config.hashed_part)
 
 
 @dataclass(frozen=True)
@@ -61,13 +73,16 @@ _augmentations = registry.Registry("augmentation", "data.augmentation")
 
 def register_dataset(name: str, load: str, stats: tuple, folders: tuple = (), how_to_get: str = "",
                      test_split: str = "test", doc: str = "", channels: int | None = None,
-                     check: str = "") -> DatasetEntry:
+                     check: str = "", identify: str = "", count: str = "",
+                     default_identity: str | None = None) -> DatasetEntry:
     """File the dataset `name`, read by the "module:function" `load`; `check` ("module:function",
-    called as (name, data_root)) looks at its files before anything runs. `channels` defaults to
-    the number of per-channel means in `stats`."""
+    called as (name, data_root)) looks at its files before anything runs, `identify` says which
+    files they are (bench.data.identity), `count` how many images a split holds (for the check of
+    a limit). `default_identity`: the digest of the copy most runs read (left out of run ids).
+    `channels` defaults to the number of per-channel means in `stats`."""
     channels = len(stats[0]) if channels is None else channels
     return _datasets.add(name, DatasetEntry(name, load, stats, tuple(folders), how_to_get, test_split, doc,
-                                            channels, check))
+                                            channels, check, identify, count, default_identity))
 
 
 def list_datasets() -> tuple[str, ...]:
@@ -81,14 +96,60 @@ def dataset_entry(name: str) -> DatasetEntry:
 
 def create_dataset(data_cfg: dict, split: str, data_root: str | None = None):
     """The `split` ('train' or 'test') of the dataset in the run config's `data` section: an
-    ImageSet (in memory) or an ImageFolderSet (streamed), loaded once per process and argument set."""
+    ImageSet (in memory) or an ImageFolderSet (streamed), loaded once per process and argument set
+    (its `identity` included: files identified as changed are read again). A limit draws the
+    seeded, class-stratified subset of bench.data.subset."""
     name = data_cfg["name"]
     if name not in _datasets:
         raise ConfigError("data.name", f"{name!r} is not allowed; allowed: one of {', '.join(_datasets)}")
     limit = data_cfg.get("train_limit") if split == "train" else data_cfg.get("test_limit")
     split_name = "train" if split == "train" else _datasets.get(name).test_split
     load_size = round(data_cfg["img_size"] * 8 / 7)  # ImageNet's 256 for 224 px crops
-    return registry.load("bench.data.datasets:load_cached")(name, split_name, data_root, limit, load_size)
+    return registry.load("bench.data.datasets:load_cached")(name, split_name, data_root, limit, load_size,
+                                                            data_cfg.get("identity"))
+
+
+def identify(data_cfg: dict, data_root: str | None) -> dict:
+    """The identity of the data the config's `data` section reads where a launch with `data_root`
+    reads it (bench.data.identity): torch-free, cheap. A one-line ConfigError when it cannot be
+    found or read."""
+    from bench.data.identity import identify_read
+
+    return identify_read(data_cfg, data_root)[0]
+
+
+def identify_read(data_cfg: dict, data_root: str | None) -> tuple[dict, str | None]:
+    """(identify(...), the folder the data is read from; None for generated data)."""
+    from bench.data.identity import identify_read as read
+
+    return read(data_cfg, data_root)
+
+
+def identity_digest(data_cfg: dict, data_root: str | None, memo: dict | None = None) -> str | None:
+    """The digest of identify(data_cfg, data_root) — the value of the config key `data.identity` —,
+    or None when the data cannot be found or read (`check_data` says why). `memo` keeps it per
+    distinct (name, limits, data_root), so a study identifies each data section once."""
+    key = (data_cfg["name"], data_cfg.get("train_limit"), data_cfg.get("test_limit"), data_root)
+    if memo is None or key not in memo:
+        try:
+            value = identify(data_cfg, data_root)["digest"]
+        except ConfigError:
+            value = None
+        if memo is None:
+            return value
+        memo[key] = value
+    return memo[key]
+
+
+def is_default_identity(name: str, identity: str | None) -> bool:
+    """True when `identity` (a digest) says nothing a run id needs: null (not identified), or the
+    registered default identity of the dataset `name`."""
+    if identity is None:
+        return True
+    if not isinstance(name, str) or name not in _datasets:
+        return False
+    default = _datasets.get(name).default_identity
+    return default is not None and identity == default
 
 
 # ----------------------------------------------------------------------------- finding and checking files
@@ -113,9 +174,10 @@ def find_root(name: str, data_root: str | None, marker: str) -> Path:
                                    f"{entry.how_to_get}")
 
 
-def check_data(name: str, data_root: str | None) -> None:
+def check_data(name: str, data_root: str | None, limits: dict | None = None) -> None:
     """The cheap look at a dataset's files before anything runs (headers and counts, not every
-    pixel): a one-line ConfigError naming the folder or file and what was expected otherwise."""
+    pixel), and at `limits` ({"train": data.train_limit, "test": data.test_limit}): a one-line
+    ConfigError naming the folder or file and what was expected otherwise."""
     entry = dataset_entry(name)
     if data_root is not None and not Path(data_root).is_dir():
         what = "does not exist" if not Path(data_root).exists() else "is not a folder"
@@ -123,6 +185,20 @@ def check_data(name: str, data_root: str | None) -> None:
                                               f"{' (' + entry.how_to_get + ')' if entry.how_to_get else ''}")
     if entry.check:
         registry.load(entry.check)(name, data_root)
+    for split, limit in (limits or {}).items():
+        if limit is not None and entry.count:
+            split_name = "train" if split == "train" else entry.test_split
+            count, where = registry.load(entry.count)(name, data_root, split_name)
+            if count is not None and limit > count:
+                raise limit_error(name, split, limit, count, where)
+
+
+def limit_error(name: str, split: str, limit: int, count: int, where) -> ConfigError:
+    """data.<split>_limit larger than the split it limits: one line naming the file or folder."""
+    split_name = "train" if split == "train" else dataset_entry(name).test_split
+    return ConfigError(f"data.{'train' if split == 'train' else 'test'}_limit",
+                       f"{limit} is more than the {count} images of {name}'s {split_name} split (in {where}); "
+                       f"allowed: at most {count}, or null for all of them")
 
 
 def _bad_file(name: str, path: Path, message: str) -> ConfigError:
@@ -205,6 +281,45 @@ def check_fashion_mnist(name: str, data_root: str | None) -> None:
             raise _bad_file(name, labels_path, f"holds label {max(data)}; expected labels 0..9")
 
 
+def count_fashion_mnist(name: str, data_root: str | None, split: str) -> tuple[int, Path]:
+    """The images of a split, from its IDX header (checked by check_fashion_mnist)."""
+    prefix = "train" if split == "train" else "t10k"
+    path = idx_file(find_root(name, data_root, f"{prefix}-images-idx3-ubyte"), f"{prefix}-images-idx3-ubyte")
+    return idx_header(name, path, 3)[0], path
+
+
+def count_cifar(name: str, data_root: str | None, split: str) -> tuple[int | None, Path]:
+    """The images of a split: its pickles are read (only when a limit is to be checked). None when
+    one does not read as CIFAR's: the loader says what is wrong with it, naming it."""
+    import pickle
+
+    folder = find_root(name, data_root, CIFAR_FILES[name]["train"][0])
+    total, files = 0, CIFAR_FILES[name]["train" if split == "train" else "test"]
+    for file in files:
+        try:
+            with open(folder / file, "rb") as f:
+                entry = pickle.load(f, encoding="bytes")
+            total += len(entry[b"labels" if name == "cifar10" else b"fine_labels"])
+        except Exception:  # a truncated or foreign pickle raises any of a dozen kinds
+            return None, folder
+    return total, folder / files[0] if len(files) == 1 else folder
+
+
+def count_imagefolder(name: str, data_root: str | None, split: str) -> tuple[int, Path]:
+    """The images of a split folder (one listing of it)."""
+    from bench.data.identity import list_split
+
+    folder = imagefolder_split(name, data_root, split)
+    return len(list_split(folder)[1]), folder
+
+
+SYNTHETIC_SIZES = {"train": 5000, "test": 1000}  # images make_synthetic generates per split
+
+
+def count_synthetic(name: str, data_root: str | None, split: str) -> tuple[int, str]:
+    return SYNTHETIC_SIZES[split], "the generated set"
+
+
 def check_cifar(name: str, data_root: str | None) -> None:
     """Each pickle is there, readable, and whole (a pickle's header, and its STOP at the end)."""
     folder = find_root(name, data_root, CIFAR_FILES[name]["train"][0])
@@ -260,8 +375,10 @@ def imagefolder_split(name: str, data_root: str | None, split: str) -> Path:
 
 
 def check_imagefolder(name: str, data_root: str | None) -> None:
-    """train/ and val/ have the same class folders, each with at least one image; the first image of
-    each class opens and is 8-bit."""
+    """Every class folder of train/ and val/ holds at least one image, the first of which opens and
+    is 8-bit; val/ has no class folder train/ lacks. One label space: train/'s class folders,
+    sorted, are the labels of both splits; a class missing from val/ is allowed (a val/ subsample:
+    that class is then never tested), a class only in val/ is an error naming it."""
     entry = dataset_entry(name)
     classes_of = {}
     for split in ("train", entry.test_split):
@@ -287,12 +404,12 @@ def check_imagefolder(name: str, data_root: str | None) -> None:
             check_image(name, first)
         classes_of[split] = classes
     train, test = classes_of["train"], classes_of[entry.test_split]
-    if train != test:
-        odd = sorted(set(train) ^ set(test))
-        raise _bad_file(name, folder, f"has classes {', '.join(test[:3])}{'...' if len(test) > 3 else ''} "
-                                      f"({len(test)}), train/ has {len(train)}, differing in {', '.join(odd[:3])}"
-                                      f"{'...' if len(odd) > 3 else ''}; expected the same class folders in both "
-                                      "(labels are their sorted positions)")
+    only_test = sorted(set(test) - set(train))
+    if only_test:
+        raise _bad_file(name, folder, f"has class folder{'s' if len(only_test) > 1 else ''} "
+                                      f"{', '.join(only_test[:3])}{'...' if len(only_test) > 3 else ''} that train/ "
+                                      f"lacks ({len(test)} classes here, {len(train)} in train/); expected only "
+                                      "classes of train/ (labels are the sorted positions of train/'s class folders)")
 
 
 def register_augmentation(name: str, doc: str = "") -> AugmentationEntry:
@@ -309,29 +426,39 @@ def is_augmentation(name: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- datasets
+DEBIAN_FASHION_MNIST = "606cdc38eb87"  # the digest of Debian's Fashion-MNIST, whole: see fashion_mnist's entry
 register_dataset(
     "fashion_mnist", "bench.data.datasets:load_fashion_mnist", ((0.2860,), (0.3530,)), channels=1,
     check="bench.data:check_fashion_mnist", folders=("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
     how_to_get="install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
                "or put the four *-idx?-ubyte[.gz] files in a folder and pass --data-root",
-    doc="Fashion-MNIST's IDX files (gzipped or not), 28 px grey, 10 classes")
+    doc="Fashion-MNIST's IDX files (gzipped or not), 28 px grey, 10 classes",
+    identify="bench.data.identity:identify_fashion_mnist", count="bench.data:count_fashion_mnist",
+    # Debian's dataset-fashion-mnist as installed in /usr/share/datasets/fashion-mnist (the four .gz
+    # files), whole: runs on it keep the ids they had before data.identity existed. To recompute:
+    #   python3 -c "from bench.data import identify; print(identify({'name': 'fashion_mnist'}, '/usr/share/datasets')['digest'])"
+    default_identity=DEBIAN_FASHION_MNIST)
 register_dataset(
     "cifar10", "bench.data.datasets:load_cifar10", ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     channels=3, check="bench.data:check_cifar", folders=("cifar-10-batches-py",),
     how_to_get="unpack cifar-10-python.tar.gz and pass its folder with --data-root",
-    doc="CIFAR-10's python pickles, 32 px colour, 10 classes")
+    doc="CIFAR-10's python pickles, 32 px colour, 10 classes",
+    identify="bench.data.identity:identify_cifar", count="bench.data:count_cifar")
 register_dataset(
     "cifar100", "bench.data.datasets:load_cifar100", ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     channels=3, check="bench.data:check_cifar", folders=("cifar-100-python",),
     how_to_get="unpack cifar-100-python.tar.gz and pass its folder with --data-root",
-    doc="CIFAR-100's python pickles, 32 px colour, 100 fine classes")
+    doc="CIFAR-100's python pickles, 32 px colour, 100 fine classes",
+    identify="bench.data.identity:identify_cifar", count="bench.data:count_cifar")
 register_dataset(
     "imagefolder", "bench.data.datasets:load_imagefolder", ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     channels=3, check="bench.data:check_imagefolder", folders=("imagenet",), how_to_get="pass the folder holding train/ and val/ with --data-root", test_split="val",
-    doc="an ImageNet-style tree <root>/{train,val}/<class>/*, streamed and resized")
+    doc="an ImageNet-style tree <root>/{train,val}/<class>/*, streamed and resized",
+    identify="bench.data.identity:identify_imagefolder", count="bench.data:count_imagefolder")
 register_dataset(
     "synthetic", "bench.data.datasets:load_synthetic", ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), channels=3,
-    doc="10 classes of oriented colour gratings, generated in memory (for tests)")
+    doc="10 classes of oriented colour gratings, generated in memory (for tests)",
+    identify="bench.data.identity:identify_synthetic", count="bench.data:count_synthetic")
 
 # ----------------------------------------------------------------------------- augmentations
 register_augmentation("none", doc="the whole image, resized to the model's input")

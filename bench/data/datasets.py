@@ -5,12 +5,19 @@ Small datasets are held in memory as uint8 N×C×H×W tensors and copied once to
 model runs on; batches are cut from them there, in an order that depends only on
 (seed, epoch). Augmentation happens later, batched on the device (bench.data.augment).
 ImageFolder trees are too big for memory: they stream through a torch DataLoader whose
-workers decode and resize to a fixed square, in the same deterministic order.
+workers (as many as the CPUs the run was given, `loader_workers`) decode and resize to a fixed
+square, in the same deterministic order; both splits use train/'s class-to-index mapping. An image
+that cannot be read there fails the run with one line naming it (a ConfigError raised in the main
+process), not a worker's traceback.
+
+A limit (data.train_limit, data.test_limit) draws the seeded, class-stratified subset of
+bench.data.subset, for every dataset; one larger than its split is an error.
 """
 from __future__ import annotations
 
 import functools
 import gzip
+import os
 import pickle
 import struct
 import zlib
@@ -22,7 +29,10 @@ import torch
 
 from bench.core import registry
 from bench.core.errors import ConfigError
-from bench.data import IMAGE_MODES, dataset_entry, find_root, idx_file, imagefolder_split
+from bench.data import IMAGE_MODES, SYNTHETIC_SIZES, dataset_entry, find_root, idx_file, imagefolder_split, \
+    limit_error
+from bench.data.identity import class_folders, list_split
+from bench.data.subset import stratified_subset
 
 
 def batch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -90,20 +100,89 @@ def load_image(path: str):
                       path)
 
 
-class ImageFolderSet:
-    """An ImageNet-style tree, streamed: workers decode and resize to `load_size`² uint8."""
+def loader_workers(cpus: int | None = None, threads: int | None = None) -> int:
+    """DataLoader workers for a run: the CPUs it was given (its affinity mask), no more than its
+    torch threads (the launch's `threads`, which run_one sets), and 0 — reading in the main
+    process — when that leaves one CPU."""
+    if cpus is None:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cpus = os.cpu_count() or 1
+    threads = torch.get_num_threads() if threads is None else threads
+    n = max(1, min(cpus, threads))
+    return 0 if n == 1 else n
 
-    def __init__(self, root: Path, split: str, load_size: int, limit: int | None, workers: int = 8):
-        import torchvision
+
+class Unreadable:
+    """What a worker hands back instead of a batch holding a file it could not read: the one-line
+    error, raised again in the main process (torch would wrap it in a worker's traceback)."""
+
+    def __init__(self, key: str, detail: str, source: str | None):
+        self.key, self.detail, self.source = key, detail, source
+
+    def error(self) -> ConfigError:
+        return ConfigError(self.key, self.detail, self.source)
+
+
+class _FolderImages(torch.utils.data.Dataset):
+    """(path, label) samples, decoded and resized by `transform`; a file that fails is an Unreadable."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            return self.transform(load_image(path)), label
+        except ConfigError as err:
+            return Unreadable(err.key, err.detail, err.source)
+        except Exception as err:  # decoding or resizing failed half-way: the file is still what to name
+            return Unreadable("imagefolder", f"cannot be decoded ({type(err).__name__}: "
+                                             f"{' '.join(str(err).split())}); expected a JPEG, PNG or other image", path)
+
+
+def _collate(items: list):
+    bad = next((item for item in items if isinstance(item, Unreadable)), None)
+    return bad if bad is not None else torch.utils.data.default_collate(items)
+
+
+class ImageFolderSet:
+    """An ImageNet-style tree, streamed: workers decode and resize to `load_size`² uint8.
+
+    Labels are the sorted positions of `classes` (train/'s class folders) in every split: an image
+    of val/ in a class train/ lacks is an error naming its folder; a class missing from val/ is
+    allowed (never tested). `workers`: None follows the machine at each pass (`loader_workers`)."""
+
+    def __init__(self, root: Path, split: str, load_size: int, limit: int | None, workers: int | None = None,
+                 classes: list[str] | None = None):
         from torchvision.transforms import v2
 
-        transform = v2.Compose([v2.PILToTensor(), v2.Resize(load_size, antialias=True), v2.CenterCrop(load_size)])
-        self.folder = torchvision.datasets.ImageFolder(str(root), transform=transform, loader=load_image)
-        self.name, self.load_size, self.workers = "imagefolder", load_size, workers
-        self.num_classes = len(self.folder.classes)
+        self.transform = v2.Compose([v2.PILToTensor(), v2.Resize(load_size, antialias=True),
+                                     v2.CenterCrop(load_size)])
+        self.root, self.name, self.load_size, self.workers = Path(root), "imagefolder", load_size, workers
+        self.classes = list(classes) if classes is not None else class_folders(self.root)
+        index = {cls: i for i, cls in enumerate(self.classes)}
+        folder_classes, images = list_split(self.root)
+        strange = [cls for cls in folder_classes if cls not in index]
+        if strange:
+            raise ConfigError("imagefolder", f"has class folder {strange[0]} that train/ lacks; expected only classes "
+                                             "of train/ (labels are the sorted positions of train/'s class folders)",
+                              str(self.root / strange[0]))
+        samples = [(str(self.root / path), index[cls]) for cls, path, _ in images]
+        if limit is not None:
+            if limit > len(samples):
+                raise limit_error(self.name, "train" if split == "train" else "test", limit, len(samples), self.root)
+            samples = [samples[i] for i in stratified_subset([lab for _, lab in samples], limit, len(self.classes),
+                                                             split)]
+        self.samples = samples
+        self.num_classes = len(self.classes)
         self.mean, self.std = dataset_entry("imagefolder").stats
-        self.length = min(limit, len(self.folder)) if limit else len(self.folder)
-        self.labels = torch.tensor(self.folder.targets[:self.length])
+        self.length = len(samples)
+        self.labels = torch.tensor([lab for _, lab in samples], dtype=torch.int64)
 
     channels = 3
 
@@ -118,11 +197,15 @@ class ImageFolderSet:
                 drop_last: bool = False, device="cpu", start: int = 0):
         order = batch_order(self.length, seed, epoch).tolist() if shuffle else list(range(self.length))
         order = order[start * batch_size:]
+        workers = loader_workers() if self.workers is None else self.workers
         loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(self.folder, order), batch_size=batch_size, shuffle=False,
-            num_workers=self.workers, drop_last=drop_last, pin_memory=torch.device(device).type == "cuda",
-            persistent_workers=False)
-        for images, labels in loader:
+            _FolderImages([self.samples[i] for i in order], self.transform), batch_size=batch_size, shuffle=False,
+            num_workers=workers, drop_last=drop_last, pin_memory=torch.device(device).type == "cuda",
+            persistent_workers=False, collate_fn=_collate)
+        for batch in loader:
+            if isinstance(batch, Unreadable):
+                raise batch.error()
+            images, labels = batch
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
@@ -155,10 +238,16 @@ def _read_idx(path: Path, name: str = "data") -> np.ndarray:
 _idx_file = idx_file
 
 
-def in_memory(name: str, images: np.ndarray, labels: np.ndarray, classes: int, limit: int | None) -> ImageSet:
-    """The first `limit` (all if None) of `images`/`labels` as an in-memory ImageSet."""
-    if limit:
-        images, labels = images[:limit], labels[:limit]
+def in_memory(name: str, images: np.ndarray, labels: np.ndarray, classes: int, limit: int | None,
+              split: str = "train", where: str | Path = "the generated set") -> ImageSet:
+    """`images`/`labels` of the split `split` as an in-memory ImageSet: all of them, or the
+    seeded, class-stratified subset of `limit` (bench.data.subset); a limit larger than the split
+    is a one-line ConfigError naming `where` (the split's file)."""
+    if limit is not None:
+        if limit > len(labels):
+            raise limit_error(name, "train" if split == "train" else "test", limit, len(labels), where)
+        keep = stratified_subset(labels, limit, classes, split)
+        images, labels = images[keep], np.asarray(labels)[keep]
     return ImageSet(name, torch.from_numpy(np.array(images, dtype=np.uint8)),
                     torch.from_numpy(np.asarray(labels, dtype=np.int64)), classes)
 
@@ -177,11 +266,11 @@ def load_fashion_mnist(name: str, split: str, data_root: str | None, *, limit: i
                                 f"{images_path.name}; expected N labels for N x H x W images", str(labels_path))
     if labels.size and labels.max() >= 10:
         raise ConfigError(name, f"holds label {labels.max()}; expected labels 0..9", str(labels_path))
-    return in_memory(name, images[:, None], labels, 10, limit)
+    return in_memory(name, images[:, None], labels, 10, limit, split, images_path)
 
 
 def _read_cifar(name: str, files: list[str], label_key: bytes, classes: int, data_root: str | None,
-                limit: int | None) -> ImageSet:
+                limit: int | None, split: str) -> ImageSet:
     folder = find_root(name, data_root, files[0])
     images, labels = [], []
     for file in files:
@@ -209,31 +298,34 @@ def _read_cifar(name: str, files: list[str], label_key: bytes, classes: int, dat
                                     f"{file_labels.max() if file_labels.size else '-'}); {expected}", str(path))
         images.append(data)
         labels.extend(file_labels.tolist())
-    return in_memory(name, np.concatenate(images), np.asarray(labels), classes, limit)
+    return in_memory(name, np.concatenate(images), np.asarray(labels), classes, limit, split,
+                     folder / files[0] if len(files) == 1 else folder)
 
 
 def load_cifar10(name: str, split: str, data_root: str | None, *, limit: int | None, load_size: int) -> ImageSet:
     files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    return _read_cifar(name, files, b"labels", 10, data_root, limit)
+    return _read_cifar(name, files, b"labels", 10, data_root, limit, split)
 
 
 def load_cifar100(name: str, split: str, data_root: str | None, *, limit: int | None, load_size: int) -> ImageSet:
     files = ["train"] if split == "train" else ["test"]
-    return _read_cifar(name, files, b"fine_labels", 100, data_root, limit)
+    return _read_cifar(name, files, b"fine_labels", 100, data_root, limit, split)
 
 
 def load_imagefolder(name: str, split: str, data_root: str | None, *, limit: int | None,
                      load_size: int) -> ImageFolderSet:
-    return ImageFolderSet(imagefolder_split(name, data_root, split), split, load_size, limit)
+    folder = imagefolder_split(name, data_root, split)
+    classes = class_folders(imagefolder_split(name, data_root, "train"))  # one label space: train/'s
+    return ImageFolderSet(folder, split, load_size, limit, classes=classes)
 
 
 def load_synthetic(name: str, split: str, data_root: str | None, *, limit: int | None, load_size: int) -> ImageSet:
-    return in_memory(name, *make_synthetic(split), limit)
+    return in_memory(name, *make_synthetic(split), limit, split)
 
 
 def make_synthetic(split: str, n: int | None = None, size: int = 32) -> tuple[np.ndarray, np.ndarray, int]:
     """Ten classes of colored sine gratings; the class sets the orientation. Deterministic."""
-    n = n or (5000 if split == "train" else 1000)
+    n = n or SYNTHETIC_SIZES["train" if split == "train" else "test"]
     gen = torch.Generator().manual_seed(0 if split == "train" else 1)
     labels = torch.arange(n) % 10
     labels = labels[torch.randperm(n, generator=gen)]
@@ -251,6 +343,7 @@ def make_synthetic(split: str, n: int | None = None, size: int = 32) -> tuple[np
 
 @functools.lru_cache(maxsize=8)
 def load_cached(name: str, split: str, data_root: str | None, limit: int | None,
-                load_size: int) -> ImageSet | ImageFolderSet:
-    """The registered loader's data set, loaded once per argument set (bench.data.create_dataset)."""
+                load_size: int, identity: str | None = None) -> ImageSet | ImageFolderSet:
+    """The registered loader's data set, loaded once per argument set (bench.data.create_dataset);
+    `identity` (the data's digest) only keys the cache: files that changed are read again."""
     return registry.load(dataset_entry(name).load)(name, split, data_root, limit=limit, load_size=load_size)

@@ -1,9 +1,11 @@
 """One run, end to end: pre-train, evaluate, write the result. This is what a job executes.
 
 `run_one` takes the run's lease first (one process per run, see bench.launch.lease), writes the
-resolved config, appends a metrics line per epoch of every phase, and writes result.json last
-and atomically — the one file that marks the run done. A failure leaves error.txt (the phase
-and the traceback) in the run folder and no result.json.
+resolved config, identifies the data it is about to read (bench.data.identify: a run planned on
+other files than are there now fails in setup with one line), appends a metrics line per epoch of
+every phase, and writes result.json last and atomically — the one file that marks the run done,
+with the data's identity and the folder it was read from. A failure leaves error.txt (the phase
+and the traceback, whose last line is the one-line error) in the run folder and no result.json.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import torch
 
 from bench import __version__
 from bench.core import cache
-from bench.data import create_dataset
+from bench.core.errors import ConfigError
+from bench.data import create_dataset, identify_read
 from bench.launch.lease import Lease, describe
 from bench.launch.store import RunFolder, read_result, write_failure
 from bench.methods import create_method
@@ -34,8 +37,25 @@ from bench.train.pretrain import pretrain
 
 def pretrain_config(config: dict) -> dict:
     """What the pre-trained encoder depends on: everything but the evals. Runs that differ only
-    in their evals (partial fine-tuning depths, kNN) share one pre-training through the cache."""
+    in their evals (partial fine-tuning depths, kNN) share one pre-training through the cache.
+    Its run id is the encoder's cache key: it holds `data.identity` (which run_one checks against
+    the files before it trains), so an encoder trained on other data is never reused. (A config
+    not identified — null, made without load_study — keys as configs did before the key existed.)"""
     return {k: v for k, v in config.items() if k != "evals"}
+
+
+def read_data_identity(config: dict, data_root: str | None) -> tuple[dict, str | None]:
+    """(the identity of the data the run reads, the folder it is read from): bench.data.identify,
+    before anything trains. A one-line ConfigError when the data cannot be found or read, or is
+    not the data the run was planned on (its files changed since `load_study` identified them)."""
+    identity, folder = identify_read(config["data"], data_root)
+    planned = config["data"].get("identity")
+    if planned is not None and identity["digest"] != planned:
+        raise ConfigError("data.identity", f"the data read from {folder or 'the generator'} is {identity['digest']}, "
+                                           f"not the {planned} this run was planned on: its files changed since; "
+                                           "expected the same files (launch the study again to run on them as "
+                                           "they are now)")
+    return identity, folder
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,9 +113,10 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
     rank = distributed.current()
     cache_dir = cache.cache_root(results_root)
     encoder_path = cache.entry_path(cache_dir, "encoders", config_run_id(pretrain_config(config)))
+    data_root = launch.get("data_root")
 
     # the main process takes the lease, decides, and readies the folder; workers follow its verdict
-    lease, verdict, holder, saved, setup_error = None, "run", None, None, None
+    lease, verdict, holder, saved, setup_error, data = None, "run", None, None, None, (None, None)
     if rank.is_main:
         lease = Lease(folder.path, kind=launch.get("executor") or "")
         try:
@@ -113,6 +134,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
         else:
             try:
                 saved = _prepare(folder, config, checkpointer, force)
+                data = read_data_identity(config, data_root)  # before anything trains
             except Exception as err:  # reported below, once the workers know
                 setup_error = err
     if rank.world > 1:  # one verdict for every rank: a worker never trains a run its main skips
@@ -126,7 +148,7 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
         if catch_preemption:
             checkpointer.install()
         if (saved is None or saved["phase"] == "pretrain") and not encoder_path.exists():
-            pretrain(config, create_dataset(config["data"], "train", launch.get("data_root")), device,
+            pretrain(config, create_dataset(config["data"], "train", data_root), device,
                      checkpointer=checkpointer, cache_dir=cache_dir)
         return {"run_id": rid, "status": "done", "rank": rank.rank}
 
@@ -138,8 +160,8 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
             checkpointer.remove()
             folder.clean_temp_files()
             return {"run_id": rid, "status": "done", "already_done": True, "result": read_result(folder.result_path)}
-        return _execute(config, rid, study, folder, launch, lease, checkpointer, saved, setup_error, encoder_path,
-                        cache_dir, rank, raise_on_failure, catch_preemption)
+        return _execute(config, rid, study, folder, launch, lease, checkpointer, saved, setup_error, data,
+                        encoder_path, cache_dir, rank, raise_on_failure, catch_preemption)
     finally:
         lease.release()
 
@@ -164,8 +186,8 @@ def _prepare(folder: RunFolder, config: dict, checkpointer: Checkpointer, force:
     return saved
 
 
-def _execute(config, rid, study, folder, launch, lease, checkpointer, saved, setup_error, encoder_path, cache_dir,
-             rank, raise_on_failure, catch_preemption) -> dict:
+def _execute(config, rid, study, folder, launch, lease, checkpointer, saved, setup_error, data, encoder_path,
+             cache_dir, rank, raise_on_failure, catch_preemption) -> dict:
     phase = ["setup"]
 
     def enter(name: str) -> None:
@@ -181,8 +203,10 @@ def _execute(config, rid, study, folder, launch, lease, checkpointer, saved, set
         device = pick_device(launch.get("device", "auto"), rank.local_rank)
         start = time.perf_counter()
         data_root = launch.get("data_root")
-        train_set = create_dataset(config["data"], "train", data_root)
-        test_set = create_dataset(config["data"], "test", data_root)
+        identity, data_folder = data
+        data_cfg = {**config["data"], "identity": identity["digest"]}  # the in-process copy: of the files read
+        train_set = create_dataset(data_cfg, "train", data_root)
+        test_set = create_dataset(data_cfg, "test", data_root)
         log = folder.log_metrics
         if saved is not None and saved["phase"] == "evals":  # pre-training had finished
             encoder_state, stats, n_params = saved["encoder"], saved["stats"], saved["n_params"]
@@ -250,6 +274,8 @@ def _execute(config, rid, study, folder, launch, lease, checkpointer, saved, set
             "device": device_name(device),
             "host": platform.node(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "data_identity": identity,  # bench.data.identify of the files read (its digest: data.identity)
+            "data_root": data_folder,  # the folder they were read from (null: generated)
             "config": config,  # the resolved config again, so result.json alone says what was run
         }
         folder.write_result(result)

@@ -6,7 +6,9 @@ model preset's numbers and the masking strategy's parameters included — so the
 config alone says everything a run depends on. `run_id()` hashes it: a changed default
 changes the id, because the hash covers values, not overrides. A key added after results
 existed is left out of the hash while it holds the value that computes what runs computed
-before it (`ADDED_LATER`), so those runs keep their ids and folders.
+before it (`ADDED_LATER`), so those runs keep their ids and folders. `data.identity` (the digest
+of the data read, bench.data.identify, filled in by load_study) is such a key: hashed unless it is
+null or the dataset's registered default identity.
 
 Launch settings (executor, parallelism, SLURM resources, device, threads) live in a separate
 `launch` section: they decide where a run executes, not what it computes, so they are not
@@ -21,7 +23,7 @@ from bench.core.errors import ConfigError
 from bench.core.hashing import digest
 from bench.core.options import Option, short_repr
 from bench import masking, targets
-from bench.data import dataset_entry, list_augmentations, list_datasets
+from bench.data import dataset_entry, is_default_identity, list_augmentations, list_datasets
 from bench.masking import list_strategies
 from bench.methods import list_methods, list_presets
 from bench.methods import preset as preset_numbers
@@ -40,10 +42,15 @@ SCHEMA: dict = {
     "data": {
         "name": Option("fashion_mnist", str, choices=list_datasets),
         "img_size": Option(32, int, low=8, help="side of the model's input, in pixels"),
-        "train_limit": Option(None, int, low=1, nullable=True, help="use the first N training images"),
-        "test_limit": Option(None, int, low=1, nullable=True, help="use the first N held-out images"),
+        "train_limit": Option(None, int, low=1, nullable=True,
+                              help="use N training images: a seeded, class-stratified subset (bench.data.subset)"),
+        "test_limit": Option(None, int, low=1, nullable=True,
+                             help="use N held-out images: a seeded, class-stratified subset"),
         "augmentation": Option("crop_rand", str, choices=list_augmentations,
                                help="pretraining augmentation (MAE Table 1e)"),
+        "identity": Option(None, str, nullable=True,
+                           help="the digest of the data read (bench.data.identify), filled in by load_study; "
+                                "null = not identified"),
     },
     "model": {
         "preset": Option("mae_vit_tiny_patch4", str, choices=list_presets),
@@ -247,9 +254,11 @@ def resolve_launch(partial: dict | None) -> dict:
 
 # Keys added to the schema after results existed, with the value at which a run computes what it
 # computed before the key was there. A stored config without one reads as holding that value
-# (`with_added_later`). Those in HASH_EXEMPT came after run ids had to stay stable: at that value
-# the hash leaves them out, so runs from before keep their ids and folders. (The first four came
-# before this rule: runs stored before them have older ids, which the report reconciles.)
+# (`with_added_later`). Those in HASH_EXEMPT came after run ids had to stay stable: the hash leaves
+# them out where their predicate — called as (value, the section holding the key) — says the value
+# computes what runs computed before the key existed, so those runs keep their ids and folders.
+# (The first four came before this rule: runs stored before them have older ids, which the report
+# reconciles.)
 ADDED_LATER = {
     "model.mask_token_in_encoder": False,
     "pretrain.target_params": {},
@@ -257,8 +266,23 @@ ADDED_LATER = {
     "evals.knn": {"enabled": False, "k": 20, "temperature": 0.07, "feature": "cls"},
     "pretrain.precision": "fp32",
     "method": "mae",
+    "data.identity": None,
 }
-HASH_EXEMPT = ("pretrain.precision", "method")
+
+
+def _at_old_value(dotted: str) -> Callable[[Any, dict], bool]:
+    """The usual rule: left out of the hash while it holds its ADDED_LATER value."""
+    return lambda value, section: value == ADDED_LATER[dotted]
+
+
+HASH_EXEMPT: dict[str, Callable[[Any, dict], bool]] = {
+    "pretrain.precision": _at_old_value("pretrain.precision"),
+    "method": _at_old_value("method"),
+    # null (not identified) or the dataset's registered default identity (Debian's Fashion-MNIST,
+    # whole): the data every run had before the key existed. Any other data, or a limited subset
+    # (whose identity holds the subset rule), is hashed.
+    "data.identity": lambda value, section: is_default_identity(section.get("name"), value),
+}
 
 
 def _edit_at(cfg: dict, dotted: str, edit: Callable[[dict, str], bool]) -> dict:
@@ -280,13 +304,14 @@ def _edit_at(cfg: dict, dotted: str, edit: Callable[[dict, str], bool]) -> dict:
 
 
 def hashed_part(cfg: dict) -> dict:
-    """The config as run_id hashes it: without the HASH_EXEMPT keys that hold their old value."""
+    """The config as run_id hashes it: without the HASH_EXEMPT keys whose predicate says they
+    compute what runs computed before them."""
     def drop_if_old(parent: dict, key: str) -> bool:
-        if key in parent and parent[key] == ADDED_LATER[dotted]:
+        if key in parent and exempt(parent[key], parent):
             del parent[key]
             return True
         return False
-    for dotted in HASH_EXEMPT:
+    for dotted, exempt in HASH_EXEMPT.items():
         cfg = _edit_at(cfg, dotted, drop_if_old)
     return cfg
 

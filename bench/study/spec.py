@@ -31,6 +31,9 @@ names that point's values. A value the spec does not set is named by its config 
 default. The YAML is read strictly (bench.core.yamlio: YAML 1.2 numbers, no duplicate keys), a
 study has at most MAX_RUNS runs, and `check_data` (which `mimbench plan` and `run` call) looks at
 the data files before anything runs.
+
+Each run's `data.identity` is filled in from the data the launch will read (bench.data.identity_digest;
+null when it cannot be found: `check_data` stops `plan` and `run` then); a spec does not set it.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ from bench.core.errors import ConfigError
 from bench.core.hashing import canonical_json
 from bench.core.options import Option, is_number_text, quoted_number, short_repr
 from bench.core.yamlio import load_file
+from bench.data import identity_digest
 from bench.study.config import (SCHEMA, SEED_MAX, check_fits, check_partial, is_known_key, resolve,
                                 resolve_launch, run_id, set_dotted)
 from bench.study.written import Where, error_at, locate, merge, put_where, sub_where, written_at
@@ -284,7 +288,7 @@ def _expand(spec: dict, where: Where, path: Path, launch_overrides: dict) -> Stu
               for i, combo in enumerate(zip(*group.values()))] for j, group in enumerate(zip_groups)]
     axes.append([({"seed": s}, {"seed": ("seeds", i)}) for i, s in enumerate(seeds)] or [({}, {})])
 
-    runs, seen = [], set()
+    runs, seen, identities = [], set(), {}
     for combo in itertools.product(*axes):
         partial = copy.deepcopy(base)
         varying = {}
@@ -293,10 +297,14 @@ def _expand(spec: dict, where: Where, path: Path, launch_overrides: dict) -> Stu
                 for key, value in choice.items():
                     set_dotted(partial, key, value)
                     varying[key] = value
+            if isinstance(partial.get("data"), dict) and partial["data"].get("identity") is not None:
+                raise ConfigError("data.identity", "is filled in from the data the launch reads; allowed: leave "
+                                                   "it out (pick the data with --data-root or launch.data_root)")
             config = resolve(partial)
             check_fits(config)
         except ConfigError as err:
             raise _run_error(err, combo, varying, base, where) from None
+        config["data"]["identity"] = identity_digest(config["data"], launch.get("data_root"), identities)
         rid = run_id(config)
         if rid in seen:  # two grid points that resolve to the same config run once
             continue
@@ -386,14 +394,17 @@ def _run_error(err: ConfigError, combo: tuple, varying: dict, base: dict, where:
 
 def check_data(study: Study) -> None:
     """The cheap look at the data the study's runs read (bench.data.check_data: the data root
-    exists, the files are there and read as their format says), once per dataset. `mimbench plan`
-    and `run` call it after load_study; it raises a one-line ConfigError."""
+    exists, the files are there and read as their format says, one label space, no limit larger
+    than its split), once per dataset and limits. `mimbench plan` and `run` call it after
+    load_study; it raises a one-line ConfigError."""
     from bench.data import check_data as check
 
     data_root = study.launch.get("data_root")
-    for name in dict.fromkeys(run.config["data"]["name"] for run in study.runs):
+    sections = {(r.config["data"]["name"], r.config["data"].get("train_limit"), r.config["data"].get("test_limit"))
+                for r in study.runs}
+    for name, train_limit, test_limit in sorted(sections, key=lambda s: tuple(map(str, s))):
         try:
-            check(name, data_root)
+            check(name, data_root, {"train": train_limit, "test": test_limit})
         except ConfigError as err:
             if err.key == "launch.data_root" and "data_root" in study.written:
                 source, key = study.written["data_root"]

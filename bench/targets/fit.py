@@ -8,6 +8,7 @@ import math
 import torch
 
 from bench.core.patches import patchify
+from bench.data import is_default_identity
 from bench.data.augment import augment, normalize
 
 FIT_VERSION = 1          # part of every fitted target's cache key: bump when a fit changes
@@ -35,7 +36,13 @@ def training_patches(train_set, cfg: dict, count: int, device, seed: int = 0) ->
 
 def fit_key(name: str, params: dict, cfg: dict, channels: int) -> dict:
     """What a fitted target depends on — its cache key. Not the augmentation (the fit sees
-    un-augmented images), the held-out split, the run's seed or anything else of the run."""
+    un-augmented images), the held-out split, the run's seed or anything else of the run. The
+    data's identity (`data.identity`) is in it, as in the run id: left out when null or the
+    dataset's default identity (keys from before it existed stay), there otherwise — so a target
+    fitted on other files is never reused. (The identity covers both splits: other held-out files
+    refit, which costs time, never correctness.)"""
     data = {k: v for k, v in cfg["data"].items() if k not in ("augmentation", "test_limit")}
+    if is_default_identity(data.get("name"), data.get("identity")):
+        data.pop("identity", None)
     return {"target": name, "params": params, "data": data, "patch_size": cfg["model"]["patch_size"],
             "img_size": cfg["data"]["img_size"], "channels": channels, "version": FIT_VERSION}

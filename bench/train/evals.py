@@ -66,9 +66,37 @@ class EvalEncoder(Protocol):
     def freeze_for_partial_finetune(self, blocks: float | None) -> None: ...
 
 
+class RawPixels(nn.Module):
+    """The raw-pixels baseline's encoder: each image's normalised pixels, flattened, are its
+    features; the probe (or k-NN) reads them as it reads an encoder's."""
+
+    num_layers = 1
+    no_weight_decay_names = ()
+
+    def __init__(self, num_classes: int, in_chans: int, img_size: int):
+        super().__init__()
+        self.num_features = in_chans * img_size * img_size
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def layer_id(self, name: str) -> int:
+        return self.num_layers
+
+    def freeze_for_partial_finetune(self, blocks: float | None) -> None:
+        return None
+
+
 def build_encoder(cfg: dict, encoder_state: dict, num_classes: int, in_chans: int, feature: str,
                   drop_path: float = 0.0) -> EvalEncoder:
-    """The config's method's classifier over the pre-trained encoder weights."""
+    """The config's method's classifier over the pre-trained (or, for the random-init baseline,
+    untrained) encoder weights; the raw-pixels baseline's is `RawPixels`."""
+    if cfg.get("baseline") == "raw_pixels":
+        return RawPixels(num_classes, in_chans, cfg["data"]["img_size"])
     return create_method(cfg["method"]).eval_encoder(cfg, encoder_state, num_classes, in_chans, feature, drop_path)
 
 

@@ -155,6 +155,14 @@ def build_pretraining(cfg: dict, train_set, device: torch.device, cache_dir=None
     return method, model, step
 
 
+def random_init_encoder_state(cfg: dict, in_chans: int) -> dict:
+    """The encoder the random-init baseline evaluates: the config's method's model as it is built
+    before any training step (seeded by the run's seed), through the method's `encoder_state`."""
+    torch.manual_seed(cfg["seed"])
+    method = create_method(cfg["method"])
+    return method.encoder_state(method.build_model(cfg, in_chans, create_target("pixel")))
+
+
 def pretrain(cfg: dict, train_set, device: torch.device,
              log: Callable[[dict], None] = lambda row: None,
              checkpointer: Checkpointer | None = None,
