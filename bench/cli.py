@@ -78,15 +78,20 @@ def cmd_plan(args) -> int:
     out.print(f"study [bold]{study.name}[/] ({study.path}): {study.description}".rstrip(": "))
     out.print(f"{len(study.runs)} runs, {n_done} done, {len(study.runs) - n_done} to run; "
               f"executor {study.launch['executor']}, results in {Path(args.results) / study.name}")
+    settings = [r for r in study.runs if not r.config.get("baseline")]
     for axis in study.axes:
-        values = list(dict.fromkeys(_format_value(r.varying[axis]) for r in study.runs))
+        values = list(dict.fromkeys(_format_value(r.varying[axis]) for r in settings))
         out.print(f"varies {axis}: {', '.join(values)}")
     seeds = sorted({r.config["seed"] for r in study.runs})
     out.print(f"seeds: {', '.join(map(str, seeds))}")
+    n_baselines = len(study.runs) - len(settings)
+    if n_baselines:
+        out.print(f"baselines: {n_baselines} runs (random init, raw pixels; shared with other studies)")
     table = Table("run id", *study.axes, "seed", "status")
     for run in study.runs:
-        table.add_row(run.run_id, *[_format_value(run.varying[a]) for a in study.axes], str(run.config["seed"]),
-                      statuses[run.run_id])
+        cells = [_format_value(run.varying[a]) if a in run.varying else f"baseline: {run.config['baseline']}"
+                 if i == 0 else "" for i, a in enumerate(study.axes)]
+        table.add_row(run.run_id, *cells, str(run.config["seed"]), statuses[run.run_id])
     out.print(table)
     return 0
 

@@ -511,7 +511,8 @@ def test_the_quickstart_plans_with_its_data_checked():
     check_data(load_study(REPO / "ablations" / "quickstart.yaml"))  # raises on a bad file
     proc = subprocess.run([sys.executable, "-m", "bench", "plan", "ablations/quickstart.yaml", "--results", "/nonexistent"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "3 runs, 0 done, 3 to run" in proc.stdout, proc.stderr
+    # three settings and two baselines (random init, raw pixels)
+    assert proc.returncode == 0 and "5 runs, 0 done, 5 to run" in proc.stdout, proc.stderr
 
 
 def test_empty_sections_of_a_profile_are_left_alone(tmp_path):

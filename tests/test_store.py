@@ -24,7 +24,8 @@ def test_a_run_is_done_only_with_a_complete_result(tmp_path):
     assert run.is_done()
     [loaded] = load_done_runs(tmp_path / "s")
     # a stored config reads with the keys added since at their old values (here: method mae)
-    assert loaded["config"] == {"seed": 0, "method": "mae"} and loaded["result"]["finetune_top1"] == 80.0
+    assert loaded["config"] == {"seed": 0, "method": "mae", "baseline": None} \
+        and loaded["result"]["finetune_top1"] == 80.0
 
 
 def test_write_result_refuses_an_incomplete_result(tmp_path):

@@ -134,7 +134,9 @@ def _ratio(value: float, baseline: float) -> float:
 
 
 def compare(runs: pd.DataFrame, sub: Subtable) -> Comparison:
-    """Everything the comparison report shows, computed from our runs and the paper's subtable."""
+    """Everything the comparison report shows, computed from our runs and the paper's subtable
+    (baseline runs, if `runs` has them, are not settings: they are left out here)."""
+    runs, _ = split_baselines(runs)
     settings = match_settings(runs, sub)
     rankings = {metric: rank_agreement(settings, metric) for metric in METRICS}
     pairs = [pair for metric in METRICS for pair in pairwise_orders(settings, metric)]

@@ -32,7 +32,7 @@ from bench.study.config import run_id as config_run_id
 from bench.train import distributed
 from bench.train.checkpoint import Checkpointer, Preempted
 from bench.train.evals import create_eval, list_evals
-from bench.train.pretrain import pretrain
+from bench.train.pretrain import pretrain, random_init_encoder_state
 
 
 def pretrain_config(config: dict) -> dict:
@@ -208,7 +208,12 @@ def _execute(config, rid, study, folder, launch, lease, checkpointer, saved, set
         train_set = create_dataset(data_cfg, "train", data_root)
         test_set = create_dataset(data_cfg, "test", data_root)
         log = folder.log_metrics
-        if saved is not None and saved["phase"] == "evals":  # pre-training had finished
+        if config.get("baseline"):  # no pre-training: the random-init encoder, or the pixels themselves
+            encoder_state = ({} if config["baseline"] == "raw_pixels"
+                             else random_init_encoder_state(config, train_set.channels))
+            stats = {"images_per_s": None, "wall_s": 0.0, "final_loss": None, "step_parts": None}
+            n_params, pretrained_by = sum(v.numel() for v in encoder_state.values()), None
+        elif saved is not None and saved["phase"] == "evals":  # pre-training had finished
             encoder_state, stats, n_params = saved["encoder"], saved["stats"], saved["n_params"]
             pretrained_by = saved.get("pretrained_by", rid)
         else:
@@ -243,11 +248,24 @@ def _execute(config, rid, study, folder, launch, lease, checkpointer, saved, set
                                    "pretrained_by": pretrained_by})
         checkpointer.defer = False  # the evals restart from the encoder if interrupted
         n_params_encoder = sum(v.numel() for k, v in encoder_state.items() if k != "pos_embed")
-        evals = {}
-        for name in list_evals():
-            if config["evals"][name]["enabled"]:
-                enter(name)
-                evals[name] = create_eval(name)(config, encoder_state, train_set, test_set, device, log)
+        def run_evals() -> dict:
+            evals, rows = {}, []
+            for name in list_evals():
+                if config["evals"][name]["enabled"]:
+                    enter(name)
+                    evals[name] = create_eval(name)(config, encoder_state, train_set, test_set, device,
+                                                    lambda row: (rows.append(row), log(row)))
+            return {"evals": evals, "metrics": rows, "run_id": rid, "study": study}
+        if config.get("baseline"):  # a baseline is the same computation in every study: run once, shared
+            computed = []
+            entry = cache.get_or_build(cache_dir, "baselines", rid, lambda: computed.append(1) or run_evals(),
+                                       warn=folder.warn)
+            if not computed:
+                for row in entry["metrics"]:
+                    log({**row, "from_run": f"{entry['study']}/{entry['run_id']}"})
+            evals = entry["evals"]
+        else:
+            evals = run_evals()["evals"]
         enter("result")
         result = {
             "run_id": rid,

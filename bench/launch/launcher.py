@@ -54,7 +54,8 @@ class LaunchOutcome:
 
 def planned_epochs(config: dict) -> int:
     evals = config["evals"]
-    return (config["pretrain"]["epochs"] + sum(evals[e]["epochs"] for e in evals if evals[e]["enabled"]))
+    pretraining = 0 if config.get("baseline") else config["pretrain"]["epochs"]  # a baseline does not pre-train
+    return pretraining + sum(evals[e]["epochs"] for e in evals if evals[e]["enabled"] and "epochs" in evals[e])
 
 
 def runs_to_do(study: Study, results_root: str | Path, force: bool = False) -> tuple[list[Run], list[Run]]:

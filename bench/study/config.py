@@ -38,6 +38,9 @@ _MODEL_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
 # ----------------------------------------------------------------------------- the schema
 SCHEMA: dict = {
     "method": Option("mae", str, choices=list_methods, help="the pre-training method (bench.methods)"),
+    "baseline": Option(None, str, choices=("random_init", "raw_pixels"), nullable=True,
+                       help="a baseline run, no pre-training: the method's random-init encoder (fine-tune = "
+                            "from scratch), or the raw pixels; the study adds them (bench.study.baselines)"),
     "seed": Option(0, int, low=0, high=SEED_MAX, help="seeds weights, data order, augmentation and masks"),
     "data": {
         "name": Option("fashion_mnist", str, choices=list_datasets),
@@ -267,6 +270,7 @@ ADDED_LATER = {
     "pretrain.precision": "fp32",
     "method": "mae",
     "data.identity": None,
+    "baseline": None,
 }
 
 
@@ -278,6 +282,7 @@ def _at_old_value(dotted: str) -> Callable[[Any, dict], bool]:
 HASH_EXEMPT: dict[str, Callable[[Any, dict], bool]] = {
     "pretrain.precision": _at_old_value("pretrain.precision"),
     "method": _at_old_value("method"),
+    "baseline": _at_old_value("baseline"),
     # null (not identified) or the dataset's registered default identity (Debian's Fashion-MNIST,
     # whole): the data every run had before the key existed. Any other data, or a limited subset
     # (whose identity holds the subset rule), is hashed.

@@ -49,11 +49,13 @@ from bench.core.hashing import canonical_json
 from bench.core.options import Option, is_number_text, quoted_number, short_repr
 from bench.core.yamlio import load_file
 from bench.data import identity_digest
+from bench.study.baselines import baseline_runs
 from bench.study.config import (SCHEMA, SEED_MAX, check_fits, check_partial, is_known_key, resolve,
                                 resolve_launch, run_id, set_dotted)
 from bench.study.written import Where, error_at, locate, merge, put_where, sub_where, written_at
 
-SPEC_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "launch", "profiles", "paper", "extends")
+SPEC_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "launch", "profiles", "paper", "extends",
+             "baselines")
 PROFILE_KEYS = ("description", "base", "grid", "zip", "seeds", "launch", "extends")
 MAX_RUNS = 10_000  # runs in one study: more is a typo (or a study to split), and plan would crawl
 COMMAND_LINE = "command line"  # the source named for a bad --flag
@@ -311,6 +313,11 @@ def _expand(spec: dict, where: Where, path: Path, launch_overrides: dict) -> Stu
         seen.add(rid)
         runs.append(Run(config, rid, varying))
     axes_varied = [k for k in varied if len({canonical_json({"v": r.varying.get(k)}) for r in runs}) > 1]
+    with_baselines = spec.get("baselines", False)
+    if not isinstance(with_baselines, bool):
+        raise error_at(where, ("baselines",), f"{with_baselines!r} is not allowed; allowed: true or false")
+    if with_baselines:
+        runs += [r for r in baseline_runs(runs, Run) if r.run_id not in seen]
     return Study(name=name, description=description or "", path=str(path),
                  runs=runs, axes=axes_varied, launch=launch, paper=paper, written=written,
                  zip_groups=[[k for k in g if k in axes_varied] for g in zip_groups
