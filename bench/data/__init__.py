@@ -30,10 +30,7 @@ as they were. A limit draws a seeded, class-stratified subset (bench.data.subset
 """
 from __future__ import annotations
 
-import gzip
 import os
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,226 +187,7 @@ def check_data(name: str, data_root: str | None, limits: dict | None = None) -> 
             split_name = "train" if split == "train" else entry.test_split
             count, where = registry.load(entry.count)(name, data_root, split_name)
             if count is not None and limit > count:
-                raise limit_error(name, split, limit, count, where)
-
-
-def limit_error(name: str, split: str, limit: int, count: int, where) -> ConfigError:
-    """data.<split>_limit larger than the split it limits: one line naming the file or folder."""
-    split_name = "train" if split == "train" else dataset_entry(name).test_split
-    return ConfigError(f"data.{'train' if split == 'train' else 'test'}_limit",
-                       f"{limit} is more than the {count} images of {name}'s {split_name} split (in {where}); "
-                       f"allowed: at most {count}, or null for all of them")
-
-
-def _bad_file(name: str, path: Path, message: str) -> ConfigError:
-    return ConfigError(name, message, str(path))
-
-
-def idx_file(folder: Path, stem: str) -> Path:
-    """`stem` in `folder`, plain or gzipped (plain first)."""
-    plain = folder / stem
-    return plain if plain.exists() else folder / (stem + ".gz")
-
-
-def idx_header(name: str, path: Path, ndim: int) -> tuple[int, ...]:
-    """The shape an unsigned-byte IDX file of `ndim` dimensions declares, after checking that the
-    file holds exactly that many bytes (a gzip's trailer says its length without inflating it)."""
-    expected = f"an unsigned-byte IDX file of {ndim} dimension{'s' if ndim > 1 else ''}"
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            head = f.read(4 + 4 * ndim)
-        if len(head) < 4 or head[:3] != b"\0\0\x08" or head[3] != ndim or len(head) < 4 + 4 * ndim:
-            raise _bad_file(name, path, f"not {expected} (header {head[:4].hex() or 'empty'}); expected {expected}")
-        shape = struct.unpack(">" + "I" * ndim, head[4:4 + 4 * ndim])
-        size = 4 + 4 * ndim + _product(shape)
-        if path.suffix == ".gz":
-            with open(path, "rb") as f:
-                f.seek(-4, os.SEEK_END)
-                actual = struct.unpack("<I", f.read(4))[0]  # ISIZE: the inflated length mod 2**32
-            ok = actual == size % 2 ** 32
-        else:
-            actual = path.stat().st_size
-            ok = actual == size
-    except ConfigError:
-        raise
-    except (OSError, EOFError, zlib.error) as err:
-        raise _bad_file(name, path, f"cannot be read ({' '.join(str(err).split()) or type(err).__name__}); "
-                                    f"expected {expected}") from None
-    if not ok:
-        shape_text = "x".join(map(str, shape))
-        raise _bad_file(name, path, f"holds {actual} bytes{' (inflated, mod 2**32)' if path.suffix == '.gz' else ''}"
-                                    f", not the {size} its header declares ({shape_text}): truncated or corrupt; "
-                                    f"expected {expected}")
-    return shape
-
-
-def _product(shape: tuple) -> int:
-    out = 1
-    for n in shape:
-        out *= n
-    return out
-
-
-def check_fashion_mnist(name: str, data_root: str | None) -> None:
-    """Both splits' IDX files: images N×H×W and labels N, the same N, labels below 10."""
-    for prefix in ("train", "t10k"):
-        folder = find_root(name, data_root, f"{prefix}-images-idx3-ubyte")
-        images_path = idx_file(folder, f"{prefix}-images-idx3-ubyte")
-        labels_path = idx_file(folder, f"{prefix}-labels-idx1-ubyte")
-        if not labels_path.exists():
-            raise _bad_file(name, labels_path.with_suffix(""), f"is missing beside {images_path.name}; expected the "
-                                                              f"labels of {prefix} as an IDX file (.gz or not)")
-        images, labels = idx_header(name, images_path, 3), idx_header(name, labels_path, 1)
-        if not images[0] or not images[1] or not images[2]:
-            raise _bad_file(name, images_path, f"holds {'x'.join(map(str, images))} images; expected N x H x W, "
-                                               "all at least 1")
-        if images[0] != labels[0]:
-            raise _bad_file(name, labels_path, f"holds {labels[0]} labels for {images[0]} images in "
-                                               f"{images_path.name}; expected one label per image")
-        opener = gzip.open if labels_path.suffix == ".gz" else open
-        try:
-            with opener(labels_path, "rb") as f:
-                data = f.read()[8:]
-        except (OSError, EOFError, zlib.error) as err:
-            raise _bad_file(name, labels_path, f"cannot be read ({' '.join(str(err).split())}); expected an "
-                                               "unsigned-byte IDX file of 1 dimension") from None
-        if len(data) != labels[0]:
-            raise _bad_file(name, labels_path, f"holds {len(data)} labels, not the {labels[0]} its header declares: "
-                                               "truncated or corrupt")
-        if data and max(data) >= 10:
-            raise _bad_file(name, labels_path, f"holds label {max(data)}; expected labels 0..9")
-
-
-def count_fashion_mnist(name: str, data_root: str | None, split: str) -> tuple[int, Path]:
-    """The images of a split, from its IDX header (checked by check_fashion_mnist)."""
-    prefix = "train" if split == "train" else "t10k"
-    path = idx_file(find_root(name, data_root, f"{prefix}-images-idx3-ubyte"), f"{prefix}-images-idx3-ubyte")
-    return idx_header(name, path, 3)[0], path
-
-
-def count_cifar(name: str, data_root: str | None, split: str) -> tuple[int | None, Path]:
-    """The images of a split: its pickles are read (only when a limit is to be checked). None when
-    one does not read as CIFAR's: the loader says what is wrong with it, naming it."""
-    import pickle
-
-    folder = find_root(name, data_root, CIFAR_FILES[name]["train"][0])
-    total, files = 0, CIFAR_FILES[name]["train" if split == "train" else "test"]
-    for file in files:
-        try:
-            with open(folder / file, "rb") as f:
-                entry = pickle.load(f, encoding="bytes")
-            total += len(entry[b"labels" if name == "cifar10" else b"fine_labels"])
-        except Exception:  # a truncated or foreign pickle raises any of a dozen kinds
-            return None, folder
-    return total, folder / files[0] if len(files) == 1 else folder
-
-
-def count_imagefolder(name: str, data_root: str | None, split: str) -> tuple[int, Path]:
-    """The images of a split folder (one listing of it)."""
-    from bench.data.identity import list_split
-
-    folder = imagefolder_split(name, data_root, split)
-    return len(list_split(folder)[1]), folder
-
-
-SYNTHETIC_SIZES = {"train": 5000, "test": 1000}  # images make_synthetic generates per split
-
-
-def count_synthetic(name: str, data_root: str | None, split: str) -> tuple[int, str]:
-    return SYNTHETIC_SIZES[split], "the generated set"
-
-
-def check_cifar(name: str, data_root: str | None) -> None:
-    """Each pickle is there, readable, and whole (a pickle's header, and its STOP at the end)."""
-    folder = find_root(name, data_root, CIFAR_FILES[name]["train"][0])
-    for file in CIFAR_FILES[name]["train"] + CIFAR_FILES[name]["test"]:
-        path = folder / file
-        expected = f"{name}'s python pickle {file} ({dataset_entry(name).how_to_get})"
-        try:
-            with open(path, "rb") as f:
-                head = f.read(2)
-                f.seek(0, os.SEEK_END)
-                length = f.tell()
-                if length:
-                    f.seek(-1, os.SEEK_END)
-                tail = f.read(1)
-        except OSError as err:
-            raise _bad_file(name, path, f"cannot be read ({err.strerror or err}); expected {expected}") from None
-        if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5 or tail != b".":
-            what = "empty" if not length else "truncated" if head[:1] == b"\x80" else "not a pickle"
-            raise _bad_file(name, path, f"is {what} ({length} bytes); expected {expected}")
-
-
-CIFAR_FILES = {  # name -> split -> the pickles it is read from
-    "cifar10": {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
-    "cifar100": {"train": ["train"], "test": ["test"]},
-}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
-IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "La")  # 8-bit: to RGB
-
-
-def check_image(name: str, path: Path) -> None:
-    """The image at `path` opens, and its mode converts to 8-bit RGB (16-bit and float images do not)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise _bad_file(name, path, f"is not a readable image ({' '.join(str(err).split()) or type(err).__name__}); "
-                                    f"expected a JPEG, PNG or other image ({', '.join(IMAGE_EXTENSIONS)})") from None
-    if mode not in IMAGE_MODES:
-        raise _bad_file(name, path, f"has image mode {mode}; expected an 8-bit image, one of {', '.join(IMAGE_MODES)}")
-
-
-def imagefolder_split(name: str, data_root: str | None, split: str) -> Path:
-    """The folder <root>/<sub>/<split> of the first search root that has one."""
-    roots, entry = search_roots(data_root), dataset_entry(name)
-    folder = next((r / sub / split for r in roots for sub in ("", *entry.folders) if (r / sub / split).is_dir()),
-                  None)
-    if folder is None:
-        raise ConfigError("data.name", f"imagefolder: no {split}/ folder under "
-                                       f"{', '.join(map(str, roots))}; {entry.how_to_get}")
-    return folder
-
-
-def check_imagefolder(name: str, data_root: str | None) -> None:
-    """Every class folder of train/ and val/ holds at least one image, the first of which opens and
-    is 8-bit; val/ has no class folder train/ lacks. One label space: train/'s class folders,
-    sorted, are the labels of both splits; a class missing from val/ is allowed (a val/ subsample:
-    that class is then never tested), a class only in val/ is an error naming it."""
-    entry = dataset_entry(name)
-    classes_of = {}
-    for split in ("train", entry.test_split):
-        folder = imagefolder_split(name, data_root, split)
-        try:
-            classes = sorted(d.name for d in os.scandir(folder) if d.is_dir())
-        except OSError as err:
-            raise _bad_file(name, folder, f"cannot be listed ({err.strerror or err}); expected a folder of class "
-                                          "folders") from None
-        if not classes:
-            raise _bad_file(name, folder, "has no class folders; expected <class>/<image> folders")
-        for cls in classes:
-            try:
-                with os.scandir(folder / cls) as entries:  # the first image is enough: no listing of them all
-                    first = next((Path(e.path) for e in entries
-                                  if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file()), None)
-            except OSError as err:
-                raise _bad_file(name, folder / cls, f"cannot be listed ({err.strerror or err}); expected a folder "
-                                                    "of images") from None
-            if first is None:
-                raise _bad_file(name, folder / cls, f"holds no image; expected at least one file ending in "
-                                                    f"{', '.join(IMAGE_EXTENSIONS)} in every class folder")
-            check_image(name, first)
-        classes_of[split] = classes
-    train, test = classes_of["train"], classes_of[entry.test_split]
-    only_test = sorted(set(test) - set(train))
-    if only_test:
-        raise _bad_file(name, folder, f"has class folder{'s' if len(only_test) > 1 else ''} "
-                                      f"{', '.join(only_test[:3])}{'...' if len(only_test) > 3 else ''} that train/ "
-                                      f"lacks ({len(test)} classes here, {len(train)} in train/); expected only "
-                                      "classes of train/ (labels are the sorted positions of train/'s class folders)")
+                raise registry.load("bench.data.files:limit_error")(name, split, limit, count, where)
 
 
 def register_augmentation(name: str, doc: str = "") -> AugmentationEntry:
@@ -429,36 +207,36 @@ def is_augmentation(name: str) -> bool:
 DEBIAN_FASHION_MNIST = "606cdc38eb87"  # the digest of Debian's Fashion-MNIST, whole: see fashion_mnist's entry
 register_dataset(
     "fashion_mnist", "bench.data.datasets:load_fashion_mnist", ((0.2860,), (0.3530,)), channels=1,
-    check="bench.data:check_fashion_mnist", folders=("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
+    check="bench.data.files:check_fashion_mnist", folders=("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
     how_to_get="install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
                "or put the four *-idx?-ubyte[.gz] files in a folder and pass --data-root",
     doc="Fashion-MNIST's IDX files (gzipped or not), 28 px grey, 10 classes",
-    identify="bench.data.identity:identify_fashion_mnist", count="bench.data:count_fashion_mnist",
+    identify="bench.data.identity:identify_fashion_mnist", count="bench.data.files:count_fashion_mnist",
     # Debian's dataset-fashion-mnist as installed in /usr/share/datasets/fashion-mnist (the four .gz
     # files), whole: runs on it keep the ids they had before data.identity existed. To recompute:
     #   python3 -c "from bench.data import identify; print(identify({'name': 'fashion_mnist'}, '/usr/share/datasets')['digest'])"
     default_identity=DEBIAN_FASHION_MNIST)
 register_dataset(
     "cifar10", "bench.data.datasets:load_cifar10", ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    channels=3, check="bench.data:check_cifar", folders=("cifar-10-batches-py",),
+    channels=3, check="bench.data.files:check_cifar", folders=("cifar-10-batches-py",),
     how_to_get="unpack cifar-10-python.tar.gz and pass its folder with --data-root",
     doc="CIFAR-10's python pickles, 32 px colour, 10 classes",
-    identify="bench.data.identity:identify_cifar", count="bench.data:count_cifar")
+    identify="bench.data.identity:identify_cifar", count="bench.data.files:count_cifar")
 register_dataset(
     "cifar100", "bench.data.datasets:load_cifar100", ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    channels=3, check="bench.data:check_cifar", folders=("cifar-100-python",),
+    channels=3, check="bench.data.files:check_cifar", folders=("cifar-100-python",),
     how_to_get="unpack cifar-100-python.tar.gz and pass its folder with --data-root",
     doc="CIFAR-100's python pickles, 32 px colour, 100 fine classes",
-    identify="bench.data.identity:identify_cifar", count="bench.data:count_cifar")
+    identify="bench.data.identity:identify_cifar", count="bench.data.files:count_cifar")
 register_dataset(
     "imagefolder", "bench.data.datasets:load_imagefolder", ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    channels=3, check="bench.data:check_imagefolder", folders=("imagenet",), how_to_get="pass the folder holding train/ and val/ with --data-root", test_split="val",
+    channels=3, check="bench.data.files:check_imagefolder", folders=("imagenet",), how_to_get="pass the folder holding train/ and val/ with --data-root", test_split="val",
     doc="an ImageNet-style tree <root>/{train,val}/<class>/*, streamed and resized",
-    identify="bench.data.identity:identify_imagefolder", count="bench.data:count_imagefolder")
+    identify="bench.data.identity:identify_imagefolder", count="bench.data.files:count_imagefolder")
 register_dataset(
     "synthetic", "bench.data.datasets:load_synthetic", ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), channels=3,
     doc="10 classes of oriented colour gratings, generated in memory (for tests)",
-    identify="bench.data.identity:identify_synthetic", count="bench.data:count_synthetic")
+    identify="bench.data.identity:identify_synthetic", count="bench.data.files:count_synthetic")
 
 # ----------------------------------------------------------------------------- augmentations
 register_augmentation("none", doc="the whole image, resized to the model's input")

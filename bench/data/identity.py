@@ -76,7 +76,7 @@ def class_folders(folder: Path) -> list[str]:
 def walk_images(folder: Path, sizes: bool = False) -> list[tuple[str, int | None]]:
     """Every image under `folder` (sub-folders too, symbolic links followed once, as torchvision's
     ImageFolder does), as (path relative to `folder`, size in bytes or None), sorted by path."""
-    from bench.data import IMAGE_EXTENSIONS
+    from bench.data.files import IMAGE_EXTENSIONS
 
     out: list[tuple[str, int | None]] = []
     seen = {os.path.realpath(folder)}
@@ -133,7 +133,8 @@ def folder_split_identity(folder: Path) -> dict:
 # Each registered as the entry's `identify` ("module:function"), called as (name, data_root) and
 # returning (the folder read or None, the identity's content without limits, subset and digest).
 def identify_fashion_mnist(name: str, data_root: str | None) -> tuple[Path, dict]:
-    from bench.data import find_root, idx_file
+    from bench.data import find_root
+    from bench.data.files import idx_file
 
     files, first = [], None
     for prefix in ("train", "t10k"):
@@ -146,7 +147,8 @@ def identify_fashion_mnist(name: str, data_root: str | None) -> tuple[Path, dict
 
 
 def identify_cifar(name: str, data_root: str | None) -> tuple[Path, dict]:
-    from bench.data import CIFAR_FILES, find_root
+    from bench.data import find_root
+    from bench.data.files import CIFAR_FILES
 
     folder = find_root(name, data_root, CIFAR_FILES[name]["train"][0])
     files = [file_sample(folder / file, file) for file in CIFAR_FILES[name]["train"] + CIFAR_FILES[name]["test"]]
@@ -154,7 +156,8 @@ def identify_cifar(name: str, data_root: str | None) -> tuple[Path, dict]:
 
 
 def identify_imagefolder(name: str, data_root: str | None) -> tuple[Path, dict]:
-    from bench.data import dataset_entry, imagefolder_split
+    from bench.data import dataset_entry
+    from bench.data.files import imagefolder_split
 
     splits, root = {}, None
     for split in ("train", dataset_entry(name).test_split):

@@ -52,7 +52,8 @@ from bench.data import identity_digest
 from bench.study.baselines import baseline_runs
 from bench.study.config import (SCHEMA, SEED_MAX, check_fits, check_partial, is_known_key, resolve,
                                 resolve_launch, run_id, set_dotted)
-from bench.study.written import Where, error_at, locate, merge, put_where, sub_where, written_at
+from bench.study.written import (Where, base_error, error_at, locate, merge, put_where, run_error, sub_where,
+                                 written_at)
 
 SPEC_KEYS = ("name", "description", "base", "grid", "zip", "seeds", "launch", "profiles", "paper", "extends",
              "baselines")
@@ -281,7 +282,7 @@ def _expand(spec: dict, where: Where, path: Path, launch_overrides: dict) -> Stu
     try:
         check_partial(base, skip=varied)  # the base's own keys, each once (the grid's were checked above)
     except ConfigError as err:
-        raise _base_error(err, base, where) from None
+        raise base_error(err, base, where) from None
 
     # every axis: a list of ({key: value}, {key: where it was written}) choices; the product is the study
     axes = [[({key: value}, {key: ("grid", key, i)}) for i, value in enumerate(values)]
@@ -305,7 +306,7 @@ def _expand(spec: dict, where: Where, path: Path, launch_overrides: dict) -> Stu
             config = resolve(partial)
             check_fits(config)
         except ConfigError as err:
-            raise _run_error(err, combo, varying, base, where) from None
+            raise run_error(err, combo, varying, base, where) from None
         config["data"]["identity"] = identity_digest(config["data"], launch.get("data_root"), identities)
         rid = run_id(config)
         if rid in seen:  # two grid points that resolve to the same config run once
@@ -377,26 +378,6 @@ def _launch(launch: Any, overrides: dict, where: Where) -> tuple[dict, dict]:
         error = error_at(where, ("launch", "data_root"), "")
         written = {"data_root": (error.source, error.key)}
     return resolved, written
-
-
-def _base_error(err: ConfigError, base: dict, where: Where, context: str = "") -> ConfigError:
-    """An error about the config key err.key, named where the base sets it (or as the default)."""
-    located = locate(base, err.key) if err.key != "<top>" else ()
-    if located is None:
-        return ConfigError(err.key, f"{err.detail} (the default: the spec does not set it){context}")
-    return error_at(where, ("base",) + located, err.detail + context)
-
-
-def _run_error(err: ConfigError, combo: tuple, varying: dict, base: dict, where: Where) -> ConfigError:
-    """An error resolving one run: named at the grid or zip value it is about, else at the base's
-    key, with the run's grid values when they may be the cause."""
-    for choice, written in combo:
-        for key, at in written.items():
-            if err.key == key or err.key.startswith(key + "."):
-                rest = err.key[len(key) + 1:]
-                return error_at(where, at + ((rest,) if rest else ()), err.detail)
-    shown = [f"{key} = {short_repr(value, 40)}" for key, value in varying.items() if key != "seed"]
-    return _base_error(err, base, where, f" (in the run with {', '.join(shown)})" if shown else "")
 
 
 def check_data(study: Study) -> None:

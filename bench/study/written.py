@@ -10,6 +10,7 @@ import copy
 from typing import Any
 
 from bench.core.errors import ConfigError
+from bench.core.options import short_repr
 
 Where = dict  # tuple path -> (file, tuple path as written)
 
@@ -77,3 +78,23 @@ def locate(tree: Any, dotted: str) -> tuple | None:
             if rest is not None:
                 return (key,) + rest
     return None
+
+
+def base_error(err: ConfigError, base: dict, where: Where, context: str = "") -> ConfigError:
+    """An error about the config key err.key, named where the base sets it (or as the default)."""
+    located = locate(base, err.key) if err.key != "<top>" else ()
+    if located is None:
+        return ConfigError(err.key, f"{err.detail} (the default: the spec does not set it){context}")
+    return error_at(where, ("base",) + located, err.detail + context)
+
+
+def run_error(err: ConfigError, combo: tuple, varying: dict, base: dict, where: Where) -> ConfigError:
+    """An error resolving one run: named at the grid or zip value it is about, else at the base's
+    key, with the run's grid values when they may be the cause."""
+    for choice, written in combo:
+        for key, at in written.items():
+            if err.key == key or err.key.startswith(key + "."):
+                rest = err.key[len(key) + 1:]
+                return error_at(where, at + ((rest,) if rest else ()), err.detail)
+    shown = [f"{key} = {short_repr(value, 40)}" for key, value in varying.items() if key != "seed"]
+    return base_error(err, base, where, f" (in the run with {', '.join(shown)})" if shown else "")
