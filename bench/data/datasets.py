@@ -30,8 +30,8 @@ import torch
 from bench.core import registry
 from bench.core.errors import ConfigError
 from bench.data import dataset_entry, find_root
-from bench.data.files import IMAGE_MODES, SYNTHETIC_SIZES, idx_file, imagefolder_split, limit_error
-from bench.data.identity import class_folders, list_split
+from bench.data.files import (IMAGE_MODES, SYNTHETIC_SIZES, class_folders, idx_file, imagefolder_split, limit_error,
+                              list_split)
 from bench.data.subset import stratified_subset
 
 

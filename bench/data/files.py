@@ -128,7 +128,6 @@ def count_cifar(name: str, data_root: str | None, split: str) -> tuple[int | Non
 
 def count_imagefolder(name: str, data_root: str | None, split: str) -> tuple[int, Path]:
     """The images of a split folder (one listing of it)."""
-    from bench.data.identity import list_split
 
     folder = imagefolder_split(name, data_root, split)
     return len(list_split(folder)[1]), folder
@@ -231,3 +230,52 @@ def check_imagefolder(name: str, data_root: str | None) -> None:
                                       f"{', '.join(only_test[:3])}{'...' if len(only_test) > 3 else ''} that train/ "
                                       f"lacks ({len(test)} classes here, {len(train)} in train/); expected only "
                                       "classes of train/ (labels are the sorted positions of train/'s class folders)")
+
+
+# ----------------------------------------------------------------------------- listing ImageFolder trees
+def class_folders(folder: Path) -> list[str]:
+    """The sorted names of the class folders in a split folder."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if e.is_dir())
+    except OSError as err:
+        raise ConfigError("imagefolder", f"cannot be listed ({_one_line(err)}); expected a folder of class folders",
+                          str(folder)) from None
+
+
+def walk_images(folder: Path, sizes: bool = False) -> list[tuple[str, int | None]]:
+    """Every image under `folder` (sub-folders too, symbolic links followed once, as torchvision's
+    ImageFolder does), as (path relative to `folder`, size in bytes or None), sorted by path."""
+    out: list[tuple[str, int | None]] = []
+    seen = {os.path.realpath(folder)}
+
+    def walk(top: str, rel: str) -> None:
+        try:
+            with os.scandir(top) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for e in entries:
+                if e.is_dir():
+                    real = os.path.realpath(e.path)
+                    if real not in seen:
+                        seen.add(real)
+                        walk(e.path, f"{rel}{e.name}/")
+                elif e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
+                    out.append((rel + e.name, e.stat().st_size if sizes else None))
+        except OSError as err:
+            raise ConfigError("imagefolder", f"cannot be listed ({_one_line(err)}); expected a folder of images",
+                              top) from None
+
+    walk(str(folder), "")
+    return out
+
+
+def list_split(folder: Path, sizes: bool = False) -> tuple[list[str], list[tuple[str, str, int | None]]]:
+    """A split folder's class names (sorted) and its images as (class, path relative to the split
+    folder, size or None), class by class, each class's images sorted by path: one walk."""
+    classes = class_folders(folder)
+    images = [(cls, f"{cls}/{rel}", size) for cls in classes for rel, size in walk_images(folder / cls, sizes)]
+    return classes, images
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__

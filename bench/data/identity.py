@@ -25,11 +25,11 @@ runs on other data, or on a subset, get new ids.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from bench.core.errors import ConfigError
 from bench.core.hashing import digest
+from bench.data.files import list_split
 
 SAMPLE_BYTES = 64 * 1024
 FOLDER_SAMPLE_IMAGES = 32
@@ -63,52 +63,7 @@ def file_sample(path: Path, name: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- ImageFolder trees
-def class_folders(folder: Path) -> list[str]:
-    """The sorted names of the class folders in a split folder."""
-    try:
-        with os.scandir(folder) as entries:
-            return sorted(e.name for e in entries if e.is_dir())
-    except OSError as err:
-        raise ConfigError("imagefolder", f"cannot be listed ({_one_line(err)}); expected a folder of class folders",
-                          str(folder)) from None
-
-
-def walk_images(folder: Path, sizes: bool = False) -> list[tuple[str, int | None]]:
-    """Every image under `folder` (sub-folders too, symbolic links followed once, as torchvision's
-    ImageFolder does), as (path relative to `folder`, size in bytes or None), sorted by path."""
-    from bench.data.files import IMAGE_EXTENSIONS
-
-    out: list[tuple[str, int | None]] = []
-    seen = {os.path.realpath(folder)}
-
-    def walk(top: str, rel: str) -> None:
-        try:
-            with os.scandir(top) as it:
-                entries = sorted(it, key=lambda e: e.name)
-            for e in entries:
-                if e.is_dir():
-                    real = os.path.realpath(e.path)
-                    if real not in seen:
-                        seen.add(real)
-                        walk(e.path, f"{rel}{e.name}/")
-                elif e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
-                    out.append((rel + e.name, e.stat().st_size if sizes else None))
-        except OSError as err:
-            raise ConfigError("imagefolder", f"cannot be listed ({_one_line(err)}); expected a folder of images",
-                              top) from None
-
-    walk(str(folder), "")
-    return out
-
-
-def list_split(folder: Path, sizes: bool = False) -> tuple[list[str], list[tuple[str, str, int | None]]]:
-    """A split folder's class names (sorted) and its images as (class, path relative to the split
-    folder, size or None), class by class, each class's images sorted by path: one walk."""
-    classes = class_folders(folder)
-    images = [(cls, f"{cls}/{rel}", size) for cls in classes for rel, size in walk_images(folder / cls, sizes)]
-    return classes, images
-
-
+# (listed by bench.data.files: class_folders, walk_images, list_split)
 def folder_split_identity(folder: Path) -> dict:
     """{"classes", "images", "listing_sha256", "sample_sha256"} of one ImageFolder split."""
     classes, images = list_split(folder, sizes=True)
