@@ -19,9 +19,10 @@ import pandas as pd
 from bench.analysis.frames import METRICS, present_metrics
 from bench.analysis.stats import holm, resolved, welch_p
 from bench.analysis.tables import MISSING, fmt_score, md_header, md_row
+from bench.study.config import BASELINES
 
-KINDS = {"random_init": "random init, no pre-training (fine-tune = from scratch)",
-         "raw_pixels": "raw pixels (linear probe recipe; k-NN)"}
+LABELS = {"random_init": "random init, no pre-training (fine-tune = from scratch)",  # one per BASELINES
+          "raw_pixels": "raw pixels (linear probe recipe; k-NN)"}
 REFERENCE = "random_init"  # the baseline every setting must beat, per eval
 
 
@@ -70,17 +71,17 @@ def format_baselines(baselines: pd.DataFrame) -> str:
     metrics = present_metrics(baselines)
     lines = ["Baselines, with the same eval recipe, data and seeds:", ""]
     lines += md_header(["baseline"] + [f"{label}" for _, label in metrics.values()] + ["n"], "l" + "r" * (len(metrics) + 1))
-    for kind, text in KINDS.items():
+    for kind in BASELINES:
         runs = baselines[baselines["baseline"] == kind]
         if runs.empty:
             continue
-        cells = [text]
+        cells = [LABELS[kind]]
         for column, _ in metrics.values():
             values = runs[column].dropna().to_numpy(dtype=float) if column in runs else np.array([])
             cells.append(fmt_score(values.mean(), values.std(ddof=1) if len(values) > 1 else np.nan, len(values))
                          if len(values) else MISSING)
         lines.append(md_row(cells + [str(len(runs))]))
-    lines += ["", f"‡: not above the {KINDS[REFERENCE].split(',')[0]} baseline of the same eval by a resolved margin "
+    lines += ["", f"‡: not above the {LABELS[REFERENCE].split(',')[0]} baseline of the same eval by a resolved margin "
               "(Welch's t-test, Holm-corrected across the settings)."]
     return "\n".join(lines) + "\n"
 
@@ -89,7 +90,7 @@ def reference_lines(baselines: pd.DataFrame) -> dict[str, list[tuple[str, float]
     """Per result column, the baselines' means to draw as reference lines: [(label, mean)]."""
     out: dict[str, list[tuple[str, float]]] = {}
     for column, _ in METRICS.values():
-        for kind in KINDS:
+        for kind in BASELINES:
             values = baseline_values(baselines, kind, column)
             if len(values):
                 out.setdefault(column, []).append((kind.replace("_", " "), float(values.mean())))

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import copy
 
-from bench.study.config import resolve, run_id
+from bench.study.config import BASELINES, resolve, run_id
 
-KINDS = ("random_init", "raw_pixels")
 DECODER_KEYS = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")
 
 
@@ -39,7 +38,7 @@ def baseline_runs(runs: list, make_run) -> list:
     """One run per distinct baseline config of `runs` (Run objects), built by make_run(config, id, varying)."""
     out, seen = [], set()
     for run in runs:
-        for kind in KINDS:
+        for kind in BASELINES:
             config = baseline_config(run.config, kind)
             rid = run_id(config)
             if rid not in seen:

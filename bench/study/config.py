@@ -36,9 +36,11 @@ _MODEL_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
                "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
 
 # ----------------------------------------------------------------------------- the schema
+BASELINES = ("random_init", "raw_pixels")  # the baseline runs a study can add (bench.study.baselines)
+
 SCHEMA: dict = {
     "method": Option("mae", str, choices=list_methods, help="the pre-training method (bench.methods)"),
-    "baseline": Option(None, str, choices=("random_init", "raw_pixels"), nullable=True,
+    "baseline": Option(None, str, choices=BASELINES, nullable=True,
                        help="a baseline run, no pre-training: the method's random-init encoder (fine-tune = "
                             "from scratch), or the raw pixels; the study adds them (bench.study.baselines)"),
     "seed": Option(0, int, low=0, high=SEED_MAX, help="seeds weights, data order, augmentation and masks"),
