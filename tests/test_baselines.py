@@ -58,3 +58,12 @@ def test_baselines_run_once_per_seed_show_in_the_report_and_are_shared_across_st
         same = json.loads(RunFolder(results, "one", run.run_id).result_path.read_text())
         again = json.loads(RunFolder(results, "two", run.run_id).result_path.read_text())
         assert again["linear_probe_top1"] == same["linear_probe_top1"] and again["knn_top1"] == same["knn_top1"]
+
+
+def test_a_bad_baselines_value_is_one_line_before_anything_runs(tmp_path, tiny_base, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"name": "bad", "base": tiny_base, "baselines": "yes"}))
+    assert main(["plan", str(path), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"mimbench: error: {path}: baselines: 'yes' is not allowed; allowed: true or false"
+    assert not (tmp_path / "results").exists()
