@@ -82,7 +82,8 @@ def format_baselines(baselines: pd.DataFrame) -> str:
                          if len(values) else MISSING)
         lines.append(md_row(cells + [str(len(runs))]))
     lines += ["", f"‡: not above the {LABELS[REFERENCE].split(',')[0]} baseline of the same eval by a resolved margin "
-              "(Welch's t-test, Holm-corrected across the settings)."]
+              "(Welch's t-test, Holm-corrected across the settings); with one seed on either side no margin "
+              "can be resolved, so every setting is marked."]
     return "\n".join(lines) + "\n"
 
 
