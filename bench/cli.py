@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, help="a time axis of T frames (tube masking)")
     p.add_argument("--params", help="the strategy's parameters as YAML, e.g. '{min_patches: 16}'")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stats", action="store_true", help="realised ratio, regions, evenness")
+    p.add_argument("--stats", action="store_true",
+                   help="realised ratio, regions (pieces) and single-patch regions per mask, evenness")
     p.add_argument("--png", help="draw a gallery of 8 samples per strategy")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_masks)

@@ -21,8 +21,11 @@ def make(name, batch, grid, ratio, seed=0, **params):
 GRID_RATIOS = sorted({1 - 1 / (a * b) for a, b in GRID_CELLS})
 
 
+HIDING = sorted(set(masking.list_strategies()) - {"none"})  # `none` hides nothing (test below)
+
+
 @settings(max_examples=120, deadline=None)
-@given(name=st.sampled_from(sorted(masking.list_strategies())), ratio=st.floats(0.05, 0.95),
+@given(name=st.sampled_from(HIDING), ratio=st.floats(0.05, 0.95),
        height=st.integers(2, 16), width=st.integers(2, 16), batch=st.integers(1, 24), seed=st.integers(0, 2**31),
        grid_ratio=st.sampled_from(GRID_RATIOS))
 def test_every_sample_has_exactly_round_ratio_L_masked(name, ratio, height, width, batch, seed, grid_ratio):
@@ -37,7 +40,11 @@ def test_every_sample_has_exactly_round_ratio_L_masked(name, ratio, height, widt
     assert (mask.sum(dim=1) > 0).all() and (mask.sum(dim=1) < length).all()  # never all or nothing
 
 
-@pytest.mark.parametrize("name", sorted(masking.list_strategies()))
+def test_none_hides_nothing_whatever_the_ratio():
+    assert not make("none", 8, (8, 8), 0.75, 0).any() and make("none", 8, (8, 8), 0.75, 0).shape == (8, 64)
+
+
+@pytest.mark.parametrize("name", HIDING)
 def test_same_seed_same_masks_other_seed_other_masks(name):
     a, b, c = make(name, 16, (14, 14), 0.75, 3), make(name, 16, (14, 14), 0.75, 3), make(name, 16, (14, 14), 0.75, 4)
     assert torch.equal(a, b)
@@ -122,7 +129,7 @@ def test_random_masking_covers_positions_uniformly():
 
 def test_bad_strategy_or_parameter_is_a_one_line_error():
     with pytest.raises(ConfigError, match=r"masking.strategy: 'spiral' is not allowed; allowed: random, block, grid, "
-                                          r"walker, tube, coarse, multi$"):
+                                          r"walker, tube, coarse, none, multi$"):
         masking.resolve_params("spiral", {}, 0.75, (8, 8))
     with pytest.raises(ConfigError, match=r"masking.params.min_aspect: 0.0 is out of range"):
         masking.resolve_params("block", {"min_aspect": 0.0}, 0.75, (8, 8))

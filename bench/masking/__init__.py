@@ -10,9 +10,10 @@
 
 Every strategy returns a B×L boolean mask (True = masked, L = grid height × width, row-major)
 with exactly `num_masked(L, ratio)` masked patches in every sample, so MAE's gather of the
-visible tokens works for all of them. Randomness comes only from the torch.Generator passed
-in: the same seed gives the same masks. With `frames=T`, `generate` returns B×T×L: tube
-repeats one spatial mask over the frames, every other strategy masks each frame independently.
+visible tokens works for all of them — except `none`, which hides nothing (BEiT's "− masking").
+Randomness comes only from the torch.Generator passed in: the same seed gives the same masks.
+With `frames=T`, `generate` returns B×T×L: tube repeats one spatial mask over the frames, every
+other strategy masks each frame independently.
 
 This module imports neither torch nor NumPy: an entry names its generate function as
 "module:function" (imported on first use) and checks its parameters in pure Python, so
@@ -137,7 +138,7 @@ def exact_count(mask: torch.Tensor, count: int, generator: torch.Generator) -> t
 
 
 # ----------------------------------------------------------------------------- parameter checks
-_COMPOSED = ("tube", "multi")  # built from other strategies: neither can contain the other
+_COMPOSED = ("tube", "multi", "none")  # built from others (neither can contain the other), or hiding nothing
 
 
 def _as_float(key: str, value: int) -> float:
@@ -152,8 +153,21 @@ def _check_range(key: str, value: Any, ok: bool, allowed: str) -> None:
         raise ConfigError(f"masking.params.{key}", f"{value!r} is out of range; allowed: {allowed}")
 
 
+BEIT_MIN_BLOCK, BEIT_GRID = 16, 196  # BEiT pre-trains with blocks of at least 16 patches of 14x14
+BLOCK_FILLS = ("blocks", "random")
+
+
+def block_min_patches(grid_hw) -> int:
+    """BEiT's smallest block scaled to the grid: round(16 * L / 196), at least 1 (5 on 8x8, 16 on 14x14)."""
+    return max(1, round(BEIT_MIN_BLOCK * grid_hw[0] * grid_hw[1] / BEIT_GRID))
+
+
 def _check_block(out: dict, ratio: float, grid_hw, prefix: str) -> dict:
+    """min_patches null (the default) becomes BEiT's smallest block scaled to the grid; fill is a known one."""
+    if out["min_patches"] is None:
+        out["min_patches"] = block_min_patches(grid_hw)
     _check_range(prefix + "min_patches", out["min_patches"], out["min_patches"] >= 1, ">= 1")
+    _check_range(prefix + "fill", out["fill"], out["fill"] in BLOCK_FILLS, " or ".join(BLOCK_FILLS))
     _check_range(prefix + "min_aspect", out["min_aspect"], 0 < out["min_aspect"] <= 1, "0 < x <= 1")
     _check_range(prefix + "attempts", out["attempts"], out["attempts"] >= 1, ">= 1")
     if out["max_patches"] is not None:
@@ -227,10 +241,12 @@ def _check_multi(out: dict, ratio: float, grid_hw, prefix: str) -> dict:
 register_strategy("random", "bench.masking.random:random_masking",
                   doc="uniform random subset per sample (MAE)")
 register_strategy("block", "bench.masking.block:block_masking",
-                  defaults={"min_patches": 4, "max_patches": None, "min_aspect": 0.3, "max_aspect": None,
-                            "attempts": 10},
-                  types={"max_patches": int, "max_aspect": float}, check=_check_block,
-                  doc="rectangles of random area and aspect ratio (BEiT)")
+                  defaults={"min_patches": None, "max_patches": None, "min_aspect": 0.3, "max_aspect": None,
+                            "attempts": 10, "fill": "blocks"},
+                  types={"min_patches": int, "max_patches": int, "max_aspect": float}, check=_check_block,
+                  doc="rectangles of random area and aspect ratio (BEiT), grown to the exact count; "
+                      "min_patches null = BEiT's 16 of 196 scaled to the grid, round(16 L / 196), "
+                      "fill random = the old uniform top-up")
 register_strategy("grid", "bench.masking.grid:grid_masking",
                   defaults={"cell": None, "random_offset": False}, types={"cell": list}, check=_check_grid,
                   doc="keep one patch of every a×b cell (MAE Table 1f)")
@@ -243,6 +259,8 @@ register_strategy("tube", "bench.masking.compose:tube_masking",
 register_strategy("coarse", "bench.masking.random:coarse_masking",
                   defaults={"scale": 2}, check=_check_coarse,
                   doc="random at a coarser mask-patch size (SimMIM)")
+register_strategy("none", "bench.masking.random:no_masking",
+                  doc="nothing hidden, whatever the ratio (BEiT Table 4 '- masking'; needs pretrain.loss_on all)")
 register_strategy("multi", "bench.masking.compose:multi_masking",
                   defaults={"weights": {"random": 1.0, "block": 1.0}, "params": {}}, check=_check_multi,
                   doc="a strategy drawn per sample by weight")

@@ -1,6 +1,14 @@
 """Block-wise masking, BEiT's (Bao et al., 2021, "BEiT: BERT Pre-Training of Image
 Transformers"): rectangles of random area and aspect ratio until the target count.
 
+The defaults are BEiT's pre-training ones: a block has at least 16 patches of a 14x14 grid
+(`--min_mask_patches_per_block 16`; 4 is only the class default), on other grids
+round(16 * L / 196), at least 1 (5 on 8x8): `min_patches: null` in a config, resolved to that
+number by the parameter check, so the resolved config shows it. BEiT stops short of the count
+when a round finds no block that fits; the missing patches are then grown from the blocks
+(`fill: blocks`, counts.grow_to_count_numpy / _torch), which keeps BEiT's regions per mask, or added at random
+(`fill: random`, exact_count: the old behaviour, which scatters single patches).
+
 `block_masking` runs BEiT's rounds for the whole batch at once, one rectangle per sample and
 round: in NumPy on bit rows on the CPU (`_block_rounds_numpy`), in torch elsewhere or on grids
 wider than MAX_BIT_WIDTH (`_block_rounds_torch`). `BlockShape` is what a round draws from.
@@ -14,18 +22,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.masking.counts import exact_count, exact_count_numpy, numpy_rng
+from bench.masking.counts import (exact_count, exact_count_numpy, grow_to_count_numpy, grow_to_count_torch,
+                                  numpy_rng)
 from bench.masking.ratios import num_masked
 
 
 def block_masking(batch, grid_hw, ratio, params, generator, device):
-    """BEiT's block-wise masking, one rectangle per round for the whole batch.
+    """BEiT's block-wise masking, one rectangle per round for the whole batch, then exactly k.
 
     Per sample and round (as BEiT's `_mask`): up to `attempts` candidate rectangles with area
     uniform in [min_patches, max_mask] (max_mask = what is still to be masked, capped by
     max_patches) and log-uniform aspect ratio; the first that adds between 1 and max_mask new
     patches is taken. A sample stops when it reaches the target or no attempt fits; the few
-    patches then still missing are topped up at random (exact_count). How many patches a
+    patches then still missing are grown from the blocks (fill "blocks": frontier patches at
+    random) or added anywhere at random (fill "random"), and a sample over the count (none: a
+    block never adds more than is missing) would be trimmed at random. How many patches a
     candidate would add is read from an integral image of the mask, so only the chosen
     rectangle of each sample is ever drawn.
 
@@ -33,17 +44,27 @@ def block_masking(batch, grid_hw, ratio, params, generator, device):
     per-operation overhead: on the CPU (grids up to 16 wide) they run in NumPy on bit rows,
     where an operation costs a fraction of a torch dispatch; on other devices, or wider grids,
     in torch. Both consume the same uniforms the same way (tests check they give the same masks).
+    `params` are resolved ones (masking.resolve_params); params from before `fill` existed
+    (no such key) meant the random top-up.
     """
     height, width = grid_hw
-    shape = BlockShape.from_params(params, num_masked(height * width, ratio))
+    length = height * width
+    shape = BlockShape.from_params(params, num_masked(length, ratio))
+    grow = params.get("fill", "random") == "blocks"
     tries = shape.attempts
     if device.type == "cpu" and width <= MAX_BIT_WIDTH:
         rng = numpy_rng(generator)
         mask = _block_rounds_numpy(batch, grid_hw, shape,
                                    lambda ids: rng.random((4, len(ids), tries), dtype=np.float32))
+        if grow:
+            mask = grow_to_count_numpy(mask, grid_hw, shape.target,
+                                       lambda n: rng.random((n, length), dtype=np.float32))
         return torch.from_numpy(exact_count_numpy(mask, shape.target, rng))
     mask = _block_rounds_torch(
         batch, grid_hw, shape, lambda: torch.rand(4, batch, tries, generator=generator, device=device), device)
+    if grow:
+        mask = grow_to_count_torch(mask, grid_hw, shape.target,
+                                   lambda n: torch.rand(n, length, generator=generator, device=device))
     return exact_count(mask, shape.target, generator)
 
 

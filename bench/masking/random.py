@@ -3,6 +3,7 @@
     random  MAE (He et al., 2021): a uniformly random subset of the patches per sample.
     coarse  SimMIM (Xie et al., 2021): random masking of `scale`×`scale`-patch cells (SimMIM's
             mask-patch size larger than the model's patch size), upsampled to patches.
+    none    nothing masked, whatever the ratio (BEiT Table 4 "− masking", with the loss on all).
 """
 from __future__ import annotations
 
@@ -30,3 +31,8 @@ def coarse_masking(batch, grid_hw, ratio, params, generator, device):
     cells = random_masking(batch, coarse_hw, ratio, {}, generator, device).view(batch, *coarse_hw)
     fine = cells.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)[:, :height, :width]
     return exact_count(fine.flatten(1), num_masked(height * width, ratio), generator)
+
+
+def no_masking(batch, grid_hw, ratio, params, generator, device):
+    """Nothing masked: the encoder sees every patch (the loss must then score all of them)."""
+    return torch.zeros(batch, grid_hw[0] * grid_hw[1], dtype=torch.bool, device=device)

@@ -5,6 +5,7 @@ masks' statistics) and timed against (`mimbench bench masks`, bench.benchmarks.m
 
     REFERENCES                  strategy name -> reference(grid_hw, ratio, params, rng): bool L
     reference_batch(name, ...)  `batch` samples of one reference, a bool B×L tensor
+    reference_block_rounds      BEiT's block masking as BEiT has it: no top-up to the exact count
 
 They draw from a NumPy generator of their own, so their masks differ from the batched ones
 sample by sample; only grid (no randomness at its defaults) gives the same masks.
@@ -39,8 +40,15 @@ def reference_random(grid_hw, ratio, params, rng):
     return mask
 
 
-def reference_block(grid_hw, ratio, params, rng):
-    """BEiT's MaskingGenerator: rectangles of random area and aspect until k, then top up."""
+def reference_block_rounds(grid_hw, ratio, params, rng):
+    """BEiT's MaskingGenerator as it is, no top-up: an H×W bool mask, often a few patches short.
+
+    Per round one block: up to `attempts` tries of area uniform in [min_patches, max_mask]
+    (max_mask = what is still to be masked, capped by max_patches), aspect ratio log-uniform in
+    [min_aspect, max_aspect], h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect)),
+    kept only if h < height and w < width, top and left uniform; the first try adding between 1
+    and max_mask new patches is the round's block. A round adding nothing ends the mask.
+    """
     params = resolve_params("block", params, ratio, grid_hw)
     height, width = grid_hw
     target = num_masked(height * width, ratio)
@@ -70,7 +78,40 @@ def reference_block(grid_hw, ratio, params, rng):
         if delta == 0:
             break
         count += delta
-    return _exact_count(mask.ravel(), target, rng)
+    return mask
+
+
+def _grow_to_count(mask: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Top up an H×W mask by growing its blocks: each pass masks min(missing, frontier) patches
+    drawn at random from the frontier (unmasked patches with a masked 4-neighbour); with no
+    frontier (nothing masked) one random unmasked patch, which the next pass grows from."""
+    mask = mask.copy()
+    height, width = mask.shape
+    while mask.sum() < count:
+        frontier = []
+        for r in range(height):
+            for c in range(width):
+                if not mask[r, c] and any(0 <= r + dr < height and 0 <= c + dc < width and mask[r + dr, c + dc]
+                                          for dr, dc in ((-1, 0), (1, 0), (0, -1), (0, 1))):
+                    frontier.append((r, c))
+        if not frontier:
+            free = np.flatnonzero(~mask.ravel())
+            mask.ravel()[rng.choice(free)] = True
+            continue
+        for i in rng.choice(len(frontier), min(count - int(mask.sum()), len(frontier)), replace=False):
+            mask[frontier[i]] = True
+    return mask
+
+
+def reference_block(grid_hw, ratio, params, rng):
+    """BEiT's MaskingGenerator (reference_block_rounds), then exactly k: grown from the blocks
+    (fill "blocks") or topped up with random patches (fill "random")."""
+    params = resolve_params("block", params, ratio, grid_hw)
+    target = num_masked(grid_hw[0] * grid_hw[1], ratio)
+    mask = reference_block_rounds(grid_hw, ratio, params, rng)
+    if params["fill"] == "random":
+        return _exact_count(mask.ravel(), target, rng)
+    return _grow_to_count(mask, target, rng).ravel()
 
 
 def reference_grid(grid_hw, ratio, params, rng):

@@ -1,6 +1,7 @@
 """Tools for looking at masks: statistics, a gallery, and the body of `mimbench masks`.
 
-    label_regions, mask_stats           ratio, 4-connected regions, evenness over positions
+    label_regions, mask_stats           ratio, 4-connected regions (pieces), single-patch regions,
+                                        evenness over positions
     draw_gallery(rows, grid_hw, path)   one row of sample masks per strategy, saved as a PNG
     masks_command(...)                  what `mimbench masks` prints as one JSON line
     median_ms(fn, repeats, device)      the timer (also `mimbench bench masks`')
@@ -81,10 +82,11 @@ def label_regions(masks: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor
 def mask_stats(masks: torch.Tensor, grid_hw: tuple[int, int]) -> dict:
     """Summary statistics of a B×L (or B×T×L) boolean mask batch (True = masked).
 
-    ratio_mean/min/max: masked fraction per sample. regions_mean: 4-connected regions of masked
-    patches per sample, averaged. region_size_mean: masked patches per region, over all regions
-    of the batch. position_evenness: max/min over positions of how many samples mask it (1 is
-    perfectly even; inf when some position is never masked). For B×T×L the spatial statistics
+    ratio_mean/min/max: masked fraction per sample. regions_mean: 4-connected regions (pieces) of
+    masked patches per sample, averaged. single_patch_regions_mean: regions of one patch (a masked
+    patch with no masked 4-neighbour) per sample, averaged. region_size_mean: masked patches per
+    region, over all regions of the batch. position_evenness: max/min over positions of how many
+    samples mask it (1 is perfectly even; inf when some position is never masked). For B×T×L the spatial statistics
     are those of frame 0, plus frames_identical: whether every frame equals frame 0.
     """
     out = {}
@@ -97,6 +99,7 @@ def mask_stats(masks: torch.Tensor, grid_hw: tuple[int, int]) -> dict:
     labels = label_regions(masks, grid_hw)
     index = torch.arange(1, length + 1, device=masks.device)
     regions = (labels == index).sum(1)  # one root (label == own index + 1) per region
+    singles = (masks & ~_has_masked_neighbour(masks, grid_hw)).sum(1)
     per_position = masks.sum(0)
     low = int(per_position.min())
     out.update({
@@ -104,10 +107,22 @@ def mask_stats(masks: torch.Tensor, grid_hw: tuple[int, int]) -> dict:
         "ratio_min": float(ratio.min()),
         "ratio_max": float(ratio.max()),
         "regions_mean": float(regions.double().mean()),
+        "single_patch_regions_mean": float(singles.double().mean()),
         "region_size_mean": float(masks.sum()) / max(int(regions.sum()), 1),
         "position_evenness": float(per_position.max()) / low if low > 0 else float("inf"),
     })
     return dict(sorted(out.items()))
+
+
+def _has_masked_neighbour(masks: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """B×L: whether a patch has a masked 4-neighbour."""
+    grid = masks.view(len(masks), *grid_hw)
+    near = torch.zeros_like(grid)
+    near[:, 1:] |= grid[:, :-1]
+    near[:, :-1] |= grid[:, 1:]
+    near[:, :, 1:] |= grid[:, :, :-1]
+    near[:, :, :-1] |= grid[:, :, 1:]
+    return near.view(len(masks), -1)
 
 
 # ----------------------------------------------------------------------------- gallery
