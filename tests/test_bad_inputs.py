@@ -155,8 +155,8 @@ CASES = [
         source="command line"),
     Bad("paper-unknown-subtable", spec("paper: {source: mae, subtable: table9}"), "paper.subtable",
         "'table9' is not in mae; allowed: table1a, table1b"),
-    Bad("paper-unknown-source", spec("paper: {source: beit, subtable: table1}"), "paper.source",
-        "'beit' is not known; allowed: mae", cli=False),
+    Bad("paper-unknown-source", spec("paper: {source: dino, subtable: table1}"), "paper.source",
+        "'dino' is not known; allowed: beit, mae, simmim", cli=False),
     Bad("paper-a-string", spec("paper: mae:table1f"), "paper", "'mae:table1f' is not allowed; allowed: a mapping",
         cli=False),
     # --- numbers: type, range, finiteness, quotes ------------------------------------------------------
@@ -502,7 +502,7 @@ def test_every_committed_spec_loads_at_every_profile():
         assert study.runs, (path, profile)
         loaded.append(f"{path.relative_to(REPO)}:{profile or ''}")
     assert "ablations/mae/fig7_schedule.yaml:small_long" in loaded and "ablations/quickstart.yaml:" in loaded
-    assert len(loaded) == 29
+    assert len(loaded) == 37  # MAE 29, BEiT 4, SimMIM 4
 
 
 def test_the_quickstart_plans_with_its_data_checked():

@@ -78,8 +78,8 @@ def test_paper_references():
         parse_paper_ref("mae")
     with pytest.raises(ConfigError, match="allowed: table1a"):
         subtable("mae", "table9")
-    with pytest.raises(ConfigError, match="allowed: mae"):
-        subtable("beit", "table1")
+    with pytest.raises(ConfigError, match="allowed: beit, mae, simmim"):
+        subtable("dino", "table1")
 
 
 # ----------------------------------------------------------------------------- the comparison

@@ -168,7 +168,7 @@ def test_params_get_defaults_and_pixel_targets_stay_without_params(tiny_base):
 
 
 @pytest.mark.parametrize("name, params, key, allowed", [
-    ("pixel", {"components": 3}, "components", "allowed: none"),
+    ("pixel", {"component": 3}, "component", "allowed: none"),  # another target's key is left out instead
     ("pca", {"component": 3}, "component", "allowed: components, fit_patches"),
     ("pca", {"components": 0}, "components", "allowed: int >= 1"),
     ("pca", {"components": "many"}, "components", "wrong type"),

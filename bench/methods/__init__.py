@@ -4,7 +4,8 @@ A method is a class in `bench/methods/<name>.py` that supplies, for a resolved r
 
     build_model(cfg, in_chans, target)   the pre-training model; its forward(imgs, mask, target,
                                          full_pred=False) returns (loss, prediction), the loss on the
-                                         masked patches (the target scores them: bench.targets)
+                                         masked patches, or on all with pretrain.loss_on "all" (the
+                                         target scores them: bench.targets)
     mask_grid(cfg)                       the (height, width) grid its masks are drawn on
     encoder_state(model)                 the weights the evals start from
     eval_encoder(cfg, state, num_classes, in_chans, feature, drop_path)
@@ -35,10 +36,17 @@ class MethodEntry:
     impl: str          # "module:Class" of the method
     paper: str | None  # bench/papers/<paper>.yaml
     doc: str = ""
+    heads: tuple[str, ...] = ("decoder",)  # the prediction heads it takes (model.head); the first is its paper's
 
 
-def register_method(name: str, impl: str, paper: str | None = None, doc: str = "") -> MethodEntry:
-    return _METHODS.add(name, MethodEntry(name, impl, paper, doc))
+def register_method(name: str, impl: str, paper: str | None = None, doc: str = "",
+                    heads: tuple[str, ...] = ("decoder",)) -> MethodEntry:
+    return _METHODS.add(name, MethodEntry(name, impl, paper, doc, tuple(heads)))
+
+
+def method_heads(name: str) -> tuple[str, ...]:
+    """The prediction heads `name` takes (model.head), its paper's first."""
+    return _METHODS.get(name).heads
 
 
 def list_methods() -> tuple[str, ...]:
@@ -84,4 +92,22 @@ register_preset("mae_vit_base_patch16", "mae", patch_size=16, embed_dim=768, dep
 register_preset("mae_vit_large_patch16", "mae", patch_size=16, embed_dim=1024, depth=24, num_heads=16,
                 mlp_ratio=4.0, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
 register_preset("mae_vit_huge_patch14", "mae", patch_size=14, embed_dim=1280, depth=32, num_heads=16,
+                mlp_ratio=4.0, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
+
+
+# ----------------------------------------------------------------------------- BEiT and SimMIM
+# Both run the encoder over all L patches with the masked ones replaced by a learned [M] token
+# (bench/methods/masked_vit.py) and predict from its output tokens through a light head.
+register_method("beit", "bench.methods.beit:BEiT", paper="beit", heads=("linear", "mlp", "decoder"),
+                doc="BEiT (Bao et al. 2022): [M] in the encoder, a linear head to visual tokens, block masking")
+register_method("simmim", "bench.methods.simmim:SimMIM", paper="simmim", heads=("linear", "mlp", "decoder"),
+                doc="SimMIM (Xie et al. 2022): [M] in the encoder, a linear head to pixels, L1, coarse masks")
+# The decoder numbers are used by the `decoder` head only (a small transformer over all tokens).
+register_preset("beit_vit_tiny_patch4", "beit", patch_size=4, embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0,
+                decoder_embed_dim=None, decoder_depth=None, decoder_num_heads=None)
+register_preset("beit_vit_base_patch16", "beit", patch_size=16, embed_dim=768, depth=12, num_heads=12,
+                mlp_ratio=4.0, decoder_embed_dim=None, decoder_depth=None, decoder_num_heads=None)
+register_preset("simmim_vit_tiny_patch4", "simmim", patch_size=4, embed_dim=128, depth=4, num_heads=4,
+                mlp_ratio=4.0, decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=3)
+register_preset("simmim_vit_base_patch16", "simmim", patch_size=16, embed_dim=768, depth=12, num_heads=12,
                 mlp_ratio=4.0, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)

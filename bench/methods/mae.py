@@ -96,9 +96,10 @@ def block_rows(blk: Block, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 class MaskedAutoencoderViT(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
-                 target_dim: int | None = None, mask_token_in_encoder: bool = False):
+                 target_dim: int | None = None, mask_token_in_encoder: bool = False, drop_path: float = 0.0,
+                 loss_on_all: bool = False):
         super().__init__()
-        self.mask_token_in_encoder = mask_token_in_encoder
+        self.mask_token_in_encoder, self.loss_on_all = mask_token_in_encoder, loss_on_all
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.patch_size, self.in_chans = patch_size, in_chans
         # encoder
@@ -107,8 +108,9 @@ class MaskedAutoencoderViT(nn.Module):
         self.grid = int(num_patches ** 0.5)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(sincos_pos_embed(embed_dim, self.grid, True), requires_grad=False)
+        rates = torch.linspace(0, drop_path, depth).tolist()  # stochastic depth (pretrain.drop_path; MAE: 0)
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer,
-                                           attn_layer=Attention) for _ in range(depth)])
+                                           drop_path=rate, attn_layer=Attention) for rate in rates])
         self.norm = norm_layer(embed_dim)
         self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if mask_token_in_encoder else None
         # decoder
@@ -208,6 +210,9 @@ class MaskedAutoencoderViT(nn.Module):
         loss and gradients for less work, as the loss never reads the visible patches."""
         latent, ids_restore = self.forward_encoder(imgs, mask)
         targets = target.targets(imgs, self)  # B×L×D, or B×L token ids
+        if self.loss_on_all:  # pretrain.loss_on all: every patch is scored
+            pred = self.forward_decoder(latent, ids_restore)
+            return target.loss(pred, targets, torch.ones_like(mask)), pred
         if full_pred:
             pred = self.forward_decoder(latent, ids_restore)
             loss = target.loss(pred, targets, mask)
@@ -244,12 +249,13 @@ class MaskedAutoencoderViT(nn.Module):
         return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder}
 
 
-def build_mae(model_cfg: dict, img_size: int, in_chans: int, target_dim: int | None = None) -> MaskedAutoencoderViT:
+def build_mae(model_cfg: dict, img_size: int, in_chans: int, target_dim: int | None = None, drop_path: float = 0.0,
+              loss_on_all: bool = False) -> MaskedAutoencoderViT:
     keys = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
             "decoder_num_heads", "mlp_ratio")
     return MaskedAutoencoderViT(img_size=img_size, in_chans=in_chans, target_dim=target_dim,
                                 mask_token_in_encoder=model_cfg.get("mask_token_in_encoder", False),
-                                **{k: model_cfg[k] for k in keys})
+                                drop_path=drop_path, loss_on_all=loss_on_all, **{k: model_cfg[k] for k in keys})
 
 
 class MAE:
@@ -259,7 +265,9 @@ class MAE:
 
     def build_model(self, cfg: dict, in_chans: int, target) -> MaskedAutoencoderViT:
         patch_dim = cfg["model"]["patch_size"] ** 2 * in_chans
-        return build_mae(cfg["model"], cfg["data"]["img_size"], in_chans, target.out_dim(patch_dim))
+        pcfg = cfg["pretrain"]
+        return build_mae(cfg["model"], cfg["data"]["img_size"], in_chans, target.out_dim(patch_dim),
+                         drop_path=pcfg.get("drop_path", 0.0), loss_on_all=pcfg.get("loss_on") == "all")
 
     def mask_grid(self, cfg: dict) -> tuple[int, int]:
         side = cfg["data"]["img_size"] // cfg["model"]["patch_size"]

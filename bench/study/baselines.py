@@ -5,7 +5,7 @@
     raw_pixels    the linear probe's recipe (and k-NN) on the raw pixels; no fine-tune
 
 A baseline's config is a run's config with `baseline` set and what it does not use put back to
-the defaults — masking, pre-training, the decoder — so every setting of a study (and every study
+the defaults — masking, pre-training, the decoder or head — so every setting of a study (and every study
 with the same model, data, evals and seed) shares one baseline run per seed. Their results are
 also kept in the shared cache (`results/_cache/baselines`): a study pays for a baseline once.
 A spec asks for them with `baselines: true` (every committed spec does: the quickstart, the
@@ -28,6 +28,7 @@ def baseline_config(config: dict, kind: str) -> dict:
     for key in DECODER_KEYS:
         partial["model"][key] = None  # the preset's: the decoder is not used
     partial["model"]["mask_token_in_encoder"] = False
+    partial["model"]["head"] = None  # the method's: no head is used either
     if kind == "raw_pixels":
         partial["evals"]["finetune"]["enabled"] = False  # a linear classifier is the probe's recipe
         partial["evals"]["finetune"]["blocks"] = None

@@ -25,7 +25,7 @@ from bench.core.options import Option, short_repr
 from bench import masking, targets
 from bench.data import dataset_entry, is_default_identity, list_augmentations, list_datasets
 from bench.masking import list_strategies
-from bench.methods import list_methods, list_presets
+from bench.methods import list_methods, list_presets, method_heads
 from bench.methods import preset as preset_numbers
 from bench.targets import list_targets
 
@@ -37,6 +37,8 @@ _MODEL_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
 
 # ----------------------------------------------------------------------------- the schema
 BASELINES = ("random_init", "raw_pixels")  # the baseline runs a study can add (bench.study.baselines)
+HEADS = ("decoder", "linear", "mlp")  # model.head; which a method takes: bench.methods.method_heads
+LOSSES = ("mse", "l1", "smooth_l1")  # pretrain.loss of a float target (bench.targets.pixels)
 
 SCHEMA: dict = {
     "method": Option("mae", str, choices=list_methods, help="the pre-training method (bench.methods)"),
@@ -58,7 +60,8 @@ SCHEMA: dict = {
                                 "null = not identified"),
     },
     "model": {
-        "preset": Option("mae_vit_tiny_patch4", str, choices=list_presets),
+        "preset": Option(None, str, choices=list_presets, nullable=True,
+                         help="the model's size; null = the method's first (its tiny ViT for these CPUs)"),
         "patch_size": Option(None, int, low=1, nullable=True),
         "embed_dim": Option(None, int, low=1, nullable=True),
         "depth": Option(None, int, low=1, nullable=True),
@@ -69,6 +72,9 @@ SCHEMA: dict = {
         "decoder_num_heads": Option(None, int, low=1, nullable=True),
         "mask_token_in_encoder": Option(False, bool, help="MAE Table 1c 'w/ [M]': the encoder sees all L patches, "
                                                           "the masked ones replaced by a learned mask token"),
+        "head": Option(None, str, choices=HEADS, nullable=True,
+                       help="what predicts the target from the encoder's tokens: MAE's decoder, a linear layer "
+                            "(BEiT, SimMIM) or a 2-layer MLP; null = the method's paper's"),
     },
     "masking": {
         "strategy": Option("random", str, choices=list_strategies),
@@ -87,6 +93,14 @@ SCHEMA: dict = {
         "target": Option("norm_pixel", str, choices=list_targets,
                          help="what the decoder predicts for a masked patch (MAE Table 1d)"),
         "target_params": Option({}, dict, help="the target's own parameters; defaults filled in"),
+        "loss": Option(None, str, choices=LOSSES, nullable=True,
+                       help="the loss of a pixel-like target (SimMIM: l1); null = the target's own (MSE; "
+                            "cross-entropy for tokens)"),
+        "loss_on": Option("masked", str, choices=("masked", "all"),
+                          help="score the masked patches only, or all (BEiT Table 4 'recover 100%')"),
+        "drop_path": Option(0.0, float, low=0.0, high=1.0, help="stochastic depth in the encoder (BEiT: 0.1)"),
+        "clip_grad": Option(None, float, low=0.0, nullable=True, open_interval=True,
+                            help="clip the gradient's global norm (BEiT: 3.0, SimMIM: 5.0); null = no clipping"),
         "precision": Option("fp32", str, choices=("fp32", "bf16"),
                             help="bf16: the forward and backward under bfloat16 autocast (weights, "
                                  "optimizer state and the loss's reduction stay fp32) — the GPU recipe"),
@@ -185,16 +199,19 @@ def resolve(partial: dict | None) -> dict:
     """Validate a (partial) run config and return the complete resolved config."""
     cfg = _check_tree(partial or {}, SCHEMA, "")
     model = cfg["model"]
+    if model["preset"] is None:
+        model["preset"] = list_presets(cfg["method"])[0]
     preset = preset_numbers(model["preset"], cfg["method"])
     for key in _MODEL_KEYS:
         if model[key] is None:
             model[key] = preset[key]
     model["mlp_ratio"] = float(model["mlp_ratio"])
+    _resolve_head(cfg)
     if cfg["data"]["img_size"] % model["patch_size"]:
         raise ConfigError("data.img_size", f"{cfg['data']['img_size']} is not a multiple of "
                           f"model.patch_size {model['patch_size']}")
     for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
-        if model[width] % model[heads]:
+        if model[width] is not None and model[heads] is not None and model[width] % model[heads]:
             raise ConfigError(f"model.{heads}", f"{model[heads]} does not divide model.{width} {model[width]}")
     grid = cfg["data"]["img_size"] // model["patch_size"]
     if grid * grid < 2:
@@ -203,6 +220,7 @@ def resolve(partial: dict | None) -> dict:
     cfg["masking"]["params"] = masking.resolve_params(
         cfg["masking"]["strategy"], cfg["masking"]["params"], cfg["masking"]["ratio"], (grid, grid))
     cfg["pretrain"]["target_params"] = targets.resolve_params(cfg["pretrain"]["target"], cfg["pretrain"]["target_params"])
+    _check_loss(cfg)
     blocks = cfg["evals"]["finetune"]["blocks"]
     if blocks is not None and blocks != 0.5 and (blocks != int(blocks) or blocks > model["depth"]):
         raise ConfigError("evals.finetune.blocks", f"{blocks!r} is not allowed; allowed: null, 0.5, or a whole "
@@ -215,6 +233,36 @@ def resolve(partial: dict | None) -> dict:
             raise ConfigError(f"{section}.warmup_epochs",
                               f"{node['warmup_epochs']} exceeds {section}.epochs {node['epochs']}")
     return cfg
+
+
+def _resolve_head(cfg: dict) -> None:
+    """model.head: null becomes the method's paper's head; one it does not take is an error; the
+    decoder head needs the decoder's numbers (a preset without a decoder has them null)."""
+    model, allowed = cfg["model"], method_heads(cfg["method"])
+    if model["head"] is None:
+        model["head"] = allowed[0]
+    elif model["head"] not in allowed:
+        raise ConfigError("model.head", f"{model['head']!r} is not a head of method {cfg['method']}; "
+                                        f"allowed: {', '.join(allowed)}")
+    if model["head"] == "decoder":
+        for key in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
+            if model[key] is None:
+                raise ConfigError(f"model.{key}", f"is null (preset {model['preset']} has no decoder) but "
+                                                  f"model.head is decoder; allowed: an int >= 1")
+    if model["mask_token_in_encoder"] and cfg["method"] != "mae":
+        raise ConfigError("model.mask_token_in_encoder", f"is MAE's switch; method {cfg['method']} always "
+                                                         "has [M] in the encoder; allowed: false")
+
+
+def _check_loss(cfg: dict) -> None:
+    """pretrain.loss only for a float target; 'none' masking (nothing hidden) only with loss_on all."""
+    pcfg = cfg["pretrain"]
+    if pcfg["loss"] is not None and targets.is_token_target(pcfg["target"]):
+        raise ConfigError("pretrain.loss", f"{pcfg['loss']!r} does not apply to target {pcfg['target']} "
+                                           "(cross-entropy over its tokens); allowed: null")
+    if cfg["masking"]["strategy"] == "none" and pcfg["loss_on"] != "all":
+        raise ConfigError("pretrain.loss_on", "is masked but masking.strategy none hides nothing; "
+                                              "allowed with it: all")
 
 
 def check_fits(cfg: dict) -> None:
@@ -273,6 +321,11 @@ ADDED_LATER = {
     "method": "mae",
     "data.identity": None,
     "baseline": None,
+    "model.head": "decoder",
+    "pretrain.loss": None,
+    "pretrain.loss_on": "masked",
+    "pretrain.drop_path": 0.0,
+    "pretrain.clip_grad": None,
 }
 
 
@@ -289,6 +342,12 @@ HASH_EXEMPT: dict[str, Callable[[Any, dict], bool]] = {
     # whole): the data every run had before the key existed. Any other data, or a limited subset
     # (whose identity holds the subset rule), is hashed.
     "data.identity": lambda value, section: is_default_identity(section.get("name"), value),
+    # BEiT and SimMIM's keys: at these values a run computes what every MAE run computed before them
+    "model.head": _at_old_value("model.head"),
+    "pretrain.loss": _at_old_value("pretrain.loss"),
+    "pretrain.loss_on": _at_old_value("pretrain.loss_on"),
+    "pretrain.drop_path": _at_old_value("pretrain.drop_path"),
+    "pretrain.clip_grad": _at_old_value("pretrain.clip_grad"),
 }
 
 

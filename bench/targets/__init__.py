@@ -57,16 +57,26 @@ def list_targets() -> tuple[str, ...]:
     return _targets.names()
 
 
+TOKEN_TARGETS = ("dvae_token",)  # scored by cross-entropy over ids: pretrain.loss does not apply
+
+
+def is_token_target(name: str) -> bool:
+    return name in TOKEN_TARGETS
+
+
 def resolve_params(name: str, params: dict) -> dict:
     """The target's parameters with defaults filled in (raises one-line ConfigError naming the key)."""
     entry = _targets.get(name)
     if not isinstance(params or {}, dict):
         raise ConfigError("pretrain.target_params", f"{params!r} has the wrong type; allowed: a mapping")
     options = entry.params
+    others = {key for _, other in _targets.items() for key in other.params}
     for key in params or {}:
-        if key not in options:
+        if key not in options and key not in others:
             raise ConfigError(f"pretrain.target_params.{key}",
                               f"unknown parameter of target {name!r}; allowed: {', '.join(options) or 'none'}")
+    # another target's parameters are left out: a spec that varies the target (BEiT Table 4:
+    # tokens or pixels) sets the token target's once, and a pixel run's resolved config omits them
     out = {key: option.check(f"pretrain.target_params.{key}", (params or {}).get(key, option.default))
            for key, option in options.items()}
     if entry.check is not None:

@@ -2,7 +2,8 @@
 
 The method (bench.methods) builds the model and says on which grid masks are drawn; the
 target (bench.targets) says what a masked patch is scored against; everything else is here:
-AdamW (β = 0.9, 0.95, weight decay 0.05 on weight matrices; fused where torch has it), fp32 or
+AdamW (β and weight decay from the config, decay on weight matrices only; fused where torch
+has it), the gradient's norm clipped when the recipe says (pretrain.clip_grad), fp32 or
 bf16 autocast (`pretrain.precision`; no loss scaling needed), lr = blr × batch / 256 with
 linear warmup and cosine decay set every iteration, batched augmentation and masks made on
 the model's device. The data order, augmentation and masks of epoch e depend only on
@@ -26,6 +27,7 @@ from bench.core.errors import NonFiniteError
 from bench.data.augment import augment, normalize
 from bench.methods import create_method
 from bench.targets import create_target
+from bench.targets.pixels import with_loss
 from bench.train import distributed
 from bench.train.checkpoint import Checkpointer
 from bench.train.optim import fused_adamw, lr_at, scaled_lr, set_lr, weight_decay_groups
@@ -42,15 +44,15 @@ MAX_CPU_PARTS = 8  # more Python threads than this would queue on the interprete
 class SplitStep:
     """Forward and backward of a batch as `parts` sub-batches, one per thread of one core each.
 
-    Each part's loss (a mean over its masked patches) is weighted by its share of the batch's
-    masked patches, so the parts' gradients, summed in a fixed order, are the batch's gradient
+    Each part's loss (a mean over its masked patches, or all with loss_on_all) is weighted by its
+    share of the batch's scored patches, so the parts' gradients, summed in a fixed order, are the batch's gradient
     (to float rounding): the same loss and update as one forward and backward of the batch.
     With parts=1 it is exactly that one forward and backward. precision "bf16" runs each forward
     under bfloat16 autocast (autocast is per thread, so each part enters its own).
     """
 
-    def __init__(self, model: torch.nn.Module, parts: int, precision: str = "fp32"):
-        self.model, self.parts, self.precision = model, parts, precision
+    def __init__(self, model: torch.nn.Module, parts: int, precision: str = "fp32", loss_on_all: bool = False):
+        self.model, self.parts, self.precision, self.loss_on_all = model, parts, precision, loss_on_all
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.pool = ThreadPoolExecutor(parts, thread_name_prefix="mimbench-part") if parts > 1 else None
 
@@ -75,13 +77,14 @@ class SplitStep:
                 p.grad = None
             loss.backward()
             return loss.detach()
-        total = mask.sum()
+        scored = torch.ones_like(mask) if self.loss_on_all else mask  # the patches the loss averages over
+        total = scored.sum()
         edges = [i * x.shape[0] // parts for i in range(parts + 1)]
 
         def part(i: int):
             sub_mask = mask[edges[i]:edges[i + 1]]
             loss = self._forward(x[edges[i]:edges[i + 1]], sub_mask, target, full_pred)
-            loss = loss * (sub_mask.sum() / total)
+            loss = loss * (scored[edges[i]:edges[i + 1]].sum() / total)
             return loss.detach(), torch.autograd.grad(loss, self.params, allow_unused=True)
 
         threads = torch.get_num_threads()  # a process-wide setting: one core per part meanwhile
@@ -126,6 +129,8 @@ class PretrainStep:
         mask = masking.generate(mcfg["strategy"], x.shape[0], self.grid, mcfg["ratio"], mcfg["params"], gen, x.device)
         # the decoder predicts only the masked patches (the loss's)
         loss = self.split_step(x[self.share], mask[self.share], self.target, full_pred=self.full_pred)
+        if self.cfg["pretrain"].get("clip_grad") is not None:  # BEiT 3.0, SimMIM 5.0: the global norm
+            torch.nn.utils.clip_grad_norm_(self.split_step.params, self.cfg["pretrain"]["clip_grad"])
         self.optimizer.step()  # a non-finite loss is caught by the loop, on every rank at once
         return loss
 
@@ -135,8 +140,8 @@ def build_pretraining(cfg: dict, train_set, device: torch.device, cache_dir=None
     """The method's model, its optimiser and the step that trains it, as `cfg` describes them."""
     pcfg = cfg["pretrain"]
     torch.manual_seed(cfg["seed"])
-    target = create_target(pcfg["target"], pcfg["target_params"], train_set=train_set, cfg=cfg,
-                           cache_dir=cache_dir, device=device)
+    target = with_loss(create_target(pcfg["target"], pcfg["target_params"], train_set=train_set, cfg=cfg,
+                                     cache_dir=cache_dir, device=device), pcfg.get("loss"))
     method = create_method(cfg["method"])
     model = method.build_model(cfg, train_set.channels, target).to(device)
     base_lr = scaled_lr(pcfg["blr"], pcfg["batch_size"])
@@ -149,7 +154,8 @@ def build_pretraining(cfg: dict, train_set, device: torch.device, cache_dir=None
     step_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(model)
     if compile:
         step_model = torch.compile(step_model)
-    split_step = SplitStep(step_model, 1 if compile else SplitStep.parts_for(device, world), pcfg["precision"])
+    split_step = SplitStep(step_model, 1 if compile else SplitStep.parts_for(device, world), pcfg["precision"],
+                           loss_on_all=pcfg.get("loss_on") == "all")
     step = PretrainStep(cfg, model, target, optimizer, split_step, method.mask_grid(cfg), train_set.mean,
                         train_set.std, share)
     return method, model, step
