@@ -198,6 +198,6 @@ def test_the_registry_lists_the_targets_and_imports_no_torch():
     code = ("import sys, bench.targets as t; print(t.list_targets(), t.resolve_params('pca', {})); "
             "assert 'torch' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.startswith("('pixel', 'norm_pixel', 'pca', 'dvae_token', 'hog') {'components': 96")
+    assert out.startswith("('pixel', 'norm_pixel', 'pca', 'dvae_token', 'dalle_token', 'hog') {'components': 96")
     with pytest.raises(ConfigError, match=r"^pretrain\.target: 'jpeg' is not allowed; allowed: pixel, norm_pixel, "):
         targets.resolve_params("jpeg", {})

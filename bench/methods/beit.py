@@ -11,7 +11,9 @@ over the tokenizer's vocabulary, masked positions only); masks are block-wise at
     cosine, stochastic depth 0.1, gradient clipping 3.0; fine-tune with layer decay 0.65
 
 The tokenizer is the project's own (`dvae_token`: a per-patch VQ-VAE trained once on the training
-set and cached, bench.targets.tokenizer); nothing is downloaded. The paper's model is the plain
+set and cached, bench.targets.tokenizer); nothing is downloaded. A user with DALL-E's dVAE encoder
+on disk can use BEiT's own tokenizer instead: `target: dalle_token` with
+`target_params: {encoder_path: /path/to/encoder.pkl}` (bench.targets.dalle; never fetched). The paper's model is the plain
 ViT of its Table 4 (the official code's default adds LayerScale and relative positions).
 """
 from __future__ import annotations

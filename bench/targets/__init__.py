@@ -6,6 +6,8 @@
                 patches (MAE Table 1d "PCA": 96 of them), MSE
     dvae_token  the id of the patch's code in a small per-patch VQ-VAE trained on the training set
                 (MAE Table 1d "dVAE token", BEiT's target), cross-entropy over `vocab_size` ids
+    dalle_token BEiT's tokenizer: DALL-E's dVAE encoder from a local encoder.pkl (never downloaded);
+                the token of each patch, cross-entropy over `vocab_size` (8192) ids
     hog         MaskFeat's histograms of oriented gradients: per patch, `bins` unsigned
                 orientations summed over cells of `cell` px, one set per channel, L2-normalised; MSE
 
@@ -16,8 +18,15 @@ of the decoder's head. pca and dvae_token are fitted once on the normalised, un-
 training images and kept in the shared cache (bench.core.cache, kind "targets") under a digest of
 everything the fit depends on (bench.targets.fit), so runs that differ elsewhere reuse them.
 
+dalle_token is optional and local-only: a user who has DALL-E's dVAE weights on disk sets
+`target: dalle_token` and `target_params: {encoder_path: /path/to/encoder.pkl}` (a null path is a
+ConfigError at resolve time). The pickle is loaded as it is (it needs the `dall_e` package: pip
+install DALL-E; mimbench does not depend on it), nothing is fetched or cached, and the images are
+tokenised as BEiT does: pixels back in [0, 1], resized to half the model's side so the 8×
+downsampling encoder gives one token per model patch, DALL-E's map_pixels, argmax (bench.targets.dalle).
+
 This module imports no torch: each entry names its builder as "module:function" (pixels.py,
-pca.py, tokenizer.py, hog.py), imported by `create_target` on first use.
+pca.py, tokenizer.py, hog.py, dalle.py), imported by `create_target` on first use.
 """
 from __future__ import annotations
 
@@ -57,7 +66,7 @@ def list_targets() -> tuple[str, ...]:
     return _targets.names()
 
 
-TOKEN_TARGETS = ("dvae_token",)  # scored by cross-entropy over ids: pretrain.loss does not apply
+TOKEN_TARGETS = ("dvae_token", "dalle_token")  # scored by cross-entropy over ids: pretrain.loss does not apply
 
 
 def is_token_target(name: str) -> bool:
@@ -140,6 +149,23 @@ def hog_fits(params: dict, patch_size: int, channels: int = 0) -> None:
                                                          f"allowed: null or one of {divisors}")
 
 
+def dalle_encoder_path_is_set(params: dict) -> None:
+    """dalle_token has no default tokenizer: encoder_path must name DALL-E's encoder.pkl on disk."""
+    path = params.get("encoder_path")
+    if path is None or not path.strip():
+        raise ConfigError("pretrain.target_params.encoder_path",
+                          f"{'is not set' if path is None else 'is empty'}; allowed: the path of DALL-E's "
+                          "encoder.pkl on disk (never downloaded), e.g. target_params: {encoder_path: "
+                          "/path/to/encoder.pkl}")
+
+
+def dalle_channels(params: dict, patch_size: int, channels: int) -> None:
+    """DALL-E's encoder reads RGB: 3-channel images, or 1-channel ones repeated to 3."""
+    if channels not in (1, 3):
+        raise ConfigError("pretrain.target", f"dalle_token needs 1- or 3-channel images, the dataset has "
+                                             f"{channels}; allowed: a dataset of 1 or 3 channels")
+
+
 POSITIVE = dict(low=0.0, high=math.inf, open_interval=True)
 
 register_target("pixel", "bench.targets.pixels:build_pixel", doc="the patch's pixels (MAE Table 1d)")
@@ -160,6 +186,12 @@ register_target("dvae_token", "bench.targets.tokenizer:build_dvae_token", {  # t
     "seed": Option(0, int, low=0, high=2 ** 32 - 1, help="seeds the tokenizer's weights, codebook and data order"),
 }, needs=("train_set", "cfg"), check=_enough_patches_for_the_codebook,
     doc="the patch's token in a per-patch VQ-VAE trained once (MAE Table 1d, BEiT)")
+register_target("dalle_token", "bench.targets.dalle:build_dalle_token", {
+    "encoder_path": Option(None, str, nullable=True,
+                           help="the path of DALL-E's encoder.pkl on disk (never downloaded); required"),
+    "vocab_size": Option(8192, int, low=2, help="DALL-E's vocabulary; must match the encoder's output channels"),
+}, needs=("train_set", "cfg"), check=dalle_encoder_path_is_set, fits=dalle_channels,
+    doc="BEiT's tokenizer: DALL-E's dVAE encoder from a local encoder.pkl (never downloaded)")
 register_target("hog", "bench.targets.hog:build_hog", {
     "bins": Option(9, int, low=1, help="unsigned orientation bins (MaskFeat: 9)"),
     "cell": Option(None, int, low=1, nullable=True, help="cell side in px; null = half the patch"),
