@@ -111,3 +111,11 @@ register_preset("simmim_vit_tiny_patch4", "simmim", patch_size=4, embed_dim=128,
                 mlp_ratio=4.0, decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=3)
 register_preset("simmim_vit_base_patch16", "simmim", patch_size=16, embed_dim=768, depth=12, num_heads=12,
                 mlp_ratio=4.0, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
+# SimMIM's Swin Transformer (bench/methods/swin.py; `arch: swin` selects it): a stage's width is
+# embed_dim × 2^i and its heads stage_num_heads[i]; the last stage's stride is patch × 2^(stages − 1).
+# Small images on a CPU: 2 px patches, a 16x16 grid at 32 px, windows of 4, stride 4.
+register_preset("simmim_swin_tiny_patch2", "simmim", arch="swin", patch_size=2, embed_dim=48, depths=(2, 2),
+                stage_num_heads=(3, 6), window_size=4, mlp_ratio=4.0)
+# The paper's Swin-B at 192 px (official simmim_pretrain__swin_base__img192_window6): stride 32.
+register_preset("simmim_swin_base_patch4", "simmim", arch="swin", patch_size=4, embed_dim=128, depths=(2, 2, 18, 2),
+                stage_num_heads=(4, 8, 16, 32), window_size=6, mlp_ratio=4.0)

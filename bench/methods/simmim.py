@@ -13,11 +13,32 @@ the recipe (ablations/simmim/_recipe.yaml, from the official configs):
 
 Heads to compare (`model.head`): linear (the paper's), mlp (2 layers), decoder (a small
 transformer, standing in for the paper's inverse-Swin heads).
+
+A Swin preset (`arch: swin`: simmim_swin_tiny_patch2, the paper's simmim_swin_base_patch4)
+builds the paper's main model instead, bench.methods.swin: timm's Swin Transformer with [M] on
+the patch-embed grid, the last stage's map (stride 32 for Swin-B) through the 1×1 conv and
+pixel shuffle; its evals run timm's Swin classifier (average-pooled feature). Only the linear
+head; masks on the patch-embed grid (32 px mask patches on 4 px patches: coarse scale 8).
 """
 from __future__ import annotations
 
+from bench.methods import swin
 from bench.methods.masked_vit import MaskedViTMethod
 
 
 class SimMIM(MaskedViTMethod):
+    """A masked ViT, or the Swin of bench.methods.swin when the preset is one. mask_grid (the
+    patch grid), encoder_state and flops_per_image (the model's own) serve both."""
+
     name = "simmim"
+
+    def build_model(self, cfg: dict, in_chans: int, target):
+        if swin.is_swin(cfg):
+            return swin.build_model(cfg, in_chans, target)
+        return super().build_model(cfg, in_chans, target)
+
+    def eval_encoder(self, cfg: dict, encoder_state: dict, num_classes: int, in_chans: int, feature: str,
+                     drop_path: float = 0.0):
+        if swin.is_swin(cfg):
+            return swin.SwinEncoder.from_state(cfg, encoder_state, num_classes, in_chans, feature, drop_path)
+        return super().eval_encoder(cfg, encoder_state, num_classes, in_chans, feature, drop_path)

@@ -29,9 +29,9 @@ def baseline_config(config: dict, kind: str) -> dict:
         partial["model"][key] = None  # the preset's: the decoder is not used
     partial["model"]["mask_token_in_encoder"] = False
     partial["model"]["head"] = None  # the method's: no head is used either
+    partial["evals"]["finetune"]["blocks"] = None  # from scratch, every block trains (MAE Fig. 9's runs share it)
     if kind == "raw_pixels":
         partial["evals"]["finetune"]["enabled"] = False  # a linear classifier is the probe's recipe
-        partial["evals"]["finetune"]["blocks"] = None
     return resolve(partial)
 
 
@@ -40,6 +40,8 @@ def baseline_runs(runs: list, make_run) -> list:
     out, seen = [], set()
     for run in runs:
         for kind in BASELINES:
+            if kind == "raw_pixels" and not any(run.config["evals"][e]["enabled"] for e in ("linear_probe", "knn")):
+                continue  # the pixels are only probed: with no probe (MAE Fig. 9) there is nothing to run
             config = baseline_config(run.config, kind)
             rid = run_id(config)
             if rid not in seen:

@@ -25,20 +25,19 @@ from bench.core.options import Option, short_repr
 from bench import masking, targets
 from bench.data import dataset_entry, is_default_identity, list_augmentations, list_datasets
 from bench.masking import list_strategies
-from bench.methods import list_methods, list_presets, method_heads
+from bench.methods import list_methods, list_presets
 from bench.methods import preset as preset_numbers
 from bench.targets import list_targets
+from bench.study.model_checks import HEADS, LOSSES, check_arch, check_loss, resolve_head
 
 
 SEED_MAX = 2 ** 32 - 1  # torch's generators take seed * 1_000_003 + ...: kept well inside 64 bits
 
 _MODEL_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
-               "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
+               "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "depths", "stage_num_heads", "window_size")
 
 # ----------------------------------------------------------------------------- the schema
 BASELINES = ("random_init", "raw_pixels")  # the baseline runs a study can add (bench.study.baselines)
-HEADS = ("decoder", "linear", "mlp")  # model.head; which a method takes: bench.methods.method_heads
-LOSSES = ("mse", "l1", "smooth_l1")  # pretrain.loss of a float target (bench.targets.pixels)
 
 SCHEMA: dict = {
     "method": Option("mae", str, choices=list_methods, help="the pre-training method (bench.methods)"),
@@ -70,6 +69,9 @@ SCHEMA: dict = {
         "decoder_embed_dim": Option(None, int, low=1, nullable=True),
         "decoder_depth": Option(None, int, low=1, nullable=True),
         "decoder_num_heads": Option(None, int, low=1, nullable=True),
+        "depths": Option(None, list, nullable=True, help="a Swin preset's blocks per stage (bench.methods.swin)"),
+        "stage_num_heads": Option(None, list, nullable=True, help="a Swin preset's attention heads per stage"),
+        "window_size": Option(None, int, low=1, nullable=True, help="a Swin preset's attention window, in tokens"),
         "mask_token_in_encoder": Option(False, bool, help="MAE Table 1c 'w/ [M]': the encoder sees all L patches, "
                                                           "the masked ones replaced by a learned mask token"),
         "head": Option(None, str, choices=HEADS, nullable=True,
@@ -204,9 +206,10 @@ def resolve(partial: dict | None) -> dict:
     preset = preset_numbers(model["preset"], cfg["method"])
     for key in _MODEL_KEYS:
         if model[key] is None:
-            model[key] = preset[key]
+            model[key] = preset.get(key)
     model["mlp_ratio"] = float(model["mlp_ratio"])
-    _resolve_head(cfg)
+    check_arch(cfg, preset.get("arch", "vit"))
+    resolve_head(cfg)
     if cfg["data"]["img_size"] % model["patch_size"]:
         raise ConfigError("data.img_size", f"{cfg['data']['img_size']} is not a multiple of "
                           f"model.patch_size {model['patch_size']}")
@@ -220,7 +223,7 @@ def resolve(partial: dict | None) -> dict:
     cfg["masking"]["params"] = masking.resolve_params(
         cfg["masking"]["strategy"], cfg["masking"]["params"], cfg["masking"]["ratio"], (grid, grid))
     cfg["pretrain"]["target_params"] = targets.resolve_params(cfg["pretrain"]["target"], cfg["pretrain"]["target_params"])
-    _check_loss(cfg)
+    check_loss(cfg)
     blocks = cfg["evals"]["finetune"]["blocks"]
     if blocks is not None and blocks != 0.5 and (blocks != int(blocks) or blocks > model["depth"]):
         raise ConfigError("evals.finetune.blocks", f"{blocks!r} is not allowed; allowed: null, 0.5, or a whole "
@@ -233,36 +236,6 @@ def resolve(partial: dict | None) -> dict:
             raise ConfigError(f"{section}.warmup_epochs",
                               f"{node['warmup_epochs']} exceeds {section}.epochs {node['epochs']}")
     return cfg
-
-
-def _resolve_head(cfg: dict) -> None:
-    """model.head: null becomes the method's paper's head; one it does not take is an error; the
-    decoder head needs the decoder's numbers (a preset without a decoder has them null)."""
-    model, allowed = cfg["model"], method_heads(cfg["method"])
-    if model["head"] is None:
-        model["head"] = allowed[0]
-    elif model["head"] not in allowed:
-        raise ConfigError("model.head", f"{model['head']!r} is not a head of method {cfg['method']}; "
-                                        f"allowed: {', '.join(allowed)}")
-    if model["head"] == "decoder":
-        for key in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
-            if model[key] is None:
-                raise ConfigError(f"model.{key}", f"is null (preset {model['preset']} has no decoder) but "
-                                                  f"model.head is decoder; allowed: an int >= 1")
-    if model["mask_token_in_encoder"] and cfg["method"] != "mae":
-        raise ConfigError("model.mask_token_in_encoder", f"is MAE's switch; method {cfg['method']} always "
-                                                         "has [M] in the encoder; allowed: false")
-
-
-def _check_loss(cfg: dict) -> None:
-    """pretrain.loss only for a float target; 'none' masking (nothing hidden) only with loss_on all."""
-    pcfg = cfg["pretrain"]
-    if pcfg["loss"] is not None and targets.is_token_target(pcfg["target"]):
-        raise ConfigError("pretrain.loss", f"{pcfg['loss']!r} does not apply to target {pcfg['target']} "
-                                           "(cross-entropy over its tokens); allowed: null")
-    if cfg["masking"]["strategy"] == "none" and pcfg["loss_on"] != "all":
-        raise ConfigError("pretrain.loss_on", "is masked but masking.strategy none hides nothing; "
-                                              "allowed with it: all")
 
 
 def check_fits(cfg: dict) -> None:
@@ -326,6 +299,9 @@ ADDED_LATER = {
     "pretrain.loss_on": "masked",
     "pretrain.drop_path": 0.0,
     "pretrain.clip_grad": None,
+    "model.depths": None,
+    "model.stage_num_heads": None,
+    "model.window_size": None,
 }
 
 
@@ -348,6 +324,10 @@ HASH_EXEMPT: dict[str, Callable[[Any, dict], bool]] = {
     "pretrain.loss_on": _at_old_value("pretrain.loss_on"),
     "pretrain.drop_path": _at_old_value("pretrain.drop_path"),
     "pretrain.clip_grad": _at_old_value("pretrain.clip_grad"),
+    # the Swin's keys (bench.methods.swin): null on every ViT preset, the only presets before them
+    "model.depths": _at_old_value("model.depths"),
+    "model.stage_num_heads": _at_old_value("model.stage_num_heads"),
+    "model.window_size": _at_old_value("model.window_size"),
 }
 
 

@@ -1,0 +1,92 @@
+"""What a resolved config's method, model preset, head and loss must agree on: the checks across
+keys that `bench.study.config.resolve` runs after filling in the preset's numbers. Each raises a
+one-line ConfigError naming the key and what is allowed.
+
+    resolve_head(cfg)        model.head: null becomes the method's paper's head; others checked
+    check_arch(cfg, arch)    a ViT preset takes no Swin key and the reverse; a Swin's numbers fit
+    check_loss(cfg)          pretrain.loss only for a float target; `none` masking needs loss_on all
+"""
+from __future__ import annotations
+
+from bench import targets
+from bench.core.errors import ConfigError
+from bench.core.options import short_repr
+from bench.methods import method_heads
+
+HEADS = ("decoder", "linear", "mlp")  # model.head; which a method takes: bench.methods.method_heads
+LOSSES = ("mse", "l1", "smooth_l1")  # pretrain.loss of a float target (bench.targets.pixels)
+VIT_KEYS = ("depth", "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
+SWIN_KEYS = ("depths", "stage_num_heads", "window_size")  # a preset's `arch` says which it takes
+
+
+def resolve_head(cfg: dict) -> None:
+    """model.head: null becomes the method's paper's head; one it does not take is an error; the
+    decoder head needs the decoder's numbers (a preset without a decoder has them null)."""
+    model, allowed = cfg["model"], method_heads(cfg["method"])
+    if model["head"] is None:
+        model["head"] = allowed[0]
+    elif model["head"] not in allowed:
+        raise ConfigError("model.head", f"{model['head']!r} is not a head of method {cfg['method']}; "
+                                        f"allowed: {', '.join(allowed)}")
+    if model["head"] == "decoder":
+        for key in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
+            if model[key] is None:
+                raise ConfigError(f"model.{key}", f"is null (preset {model['preset']} has no decoder) but "
+                                                  f"model.head is decoder; allowed: an int >= 1")
+    if model["mask_token_in_encoder"] and cfg["method"] != "mae":
+        raise ConfigError("model.mask_token_in_encoder", f"is MAE's switch; method {cfg['method']} always "
+                                                         "has [M] in the encoder; allowed: false")
+
+
+def check_arch(cfg: dict, arch: str) -> None:
+    """A ViT preset takes no Swin key and a Swin preset no ViT key. A Swin's numbers must fit the
+    image (stage widths embed_dim × 2^i, the last stage's stride, every stage's windows), and
+    what only a ViT has is refused: another head than linear, partial fine-tuning, the cls feature."""
+    model, name = cfg["model"], cfg["model"]["preset"]
+    for key in VIT_KEYS if arch == "swin" else SWIN_KEYS:
+        if model[key] is not None:
+            kind, other = ("a ViT", "a Swin") if arch == "swin" else ("a Swin", "a ViT")
+            raise ConfigError(f"model.{key}", f"is {kind} key but preset {name} is {other}; allowed: null")
+    if arch != "swin":
+        return
+    for key in ("depths", "stage_num_heads"):
+        values = model[key] = list(model[key])
+        if not values or any(type(v) is not int or not 1 <= v < 2 ** 31 for v in values):
+            raise ConfigError(f"model.{key}", f"{short_repr(values)} is not allowed; allowed: a list of ints >= 1")
+    depths, heads, window = model["depths"], model["stage_num_heads"], model["window_size"]
+    if len(heads) != len(depths):
+        raise ConfigError("model.stage_num_heads", f"has {len(heads)} values for {len(depths)} stages "
+                                                   "(model.depths); allowed: one per stage")
+    for i, h in enumerate(heads):
+        if (model["embed_dim"] << i) % h:
+            raise ConfigError("model.stage_num_heads", f"{h} does not divide stage {i + 1}'s width "
+                                                       f"{model['embed_dim'] << i} (model.embed_dim x 2^{i})")
+    img, patch = cfg["data"]["img_size"], model["patch_size"]
+    if img % (patch << (len(depths) - 1)):
+        raise ConfigError("data.img_size", f"{img} is not a multiple of the last stage's stride "
+                                           f"{patch << (len(depths) - 1)} (model.patch_size x 2^(stages - 1))")
+    for i in range(len(depths)):
+        side = img // (patch << i)
+        if side > window and side % window:
+            raise ConfigError("model.window_size", f"{window} does not tile stage {i + 1}'s {side}x{side} grid; "
+                                                   "allowed: a divisor of each stage's side, or at least it")
+    if model["head"] not in (None, "linear"):
+        raise ConfigError("model.head", f"{model['head']!r} is not a head of a Swin preset; allowed: linear")
+    if cfg["evals"]["finetune"]["blocks"] is not None:
+        raise ConfigError("evals.finetune.blocks", "partial fine-tuning counts a ViT's blocks; allowed with a "
+                                                   "Swin preset: null")
+    for section in ("linear_probe", "finetune", "knn"):
+        if cfg["evals"][section]["enabled"] and cfg["evals"][section]["feature"] == "cls":
+            raise ConfigError(f"evals.{section}.feature", "'cls' is not allowed: a Swin has no cls token; "
+                                                          "allowed with a Swin preset: avgpool")
+
+
+def check_loss(cfg: dict) -> None:
+    """pretrain.loss only for a float target; 'none' masking (nothing hidden) only with loss_on all."""
+    pcfg = cfg["pretrain"]
+    if pcfg["loss"] is not None and targets.is_token_target(pcfg["target"]):
+        raise ConfigError("pretrain.loss", f"{pcfg['loss']!r} does not apply to target {pcfg['target']} "
+                                           "(cross-entropy over its tokens); allowed: null")
+    if cfg["masking"]["strategy"] == "none" and pcfg["loss_on"] != "all":
+        raise ConfigError("pretrain.loss_on", "is masked but masking.strategy none hides nothing; "
+                                              "allowed with it: all")
