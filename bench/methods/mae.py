@@ -49,6 +49,17 @@ def sincos_pos_embed(dim: int, grid: int, cls_token: bool) -> torch.Tensor:
     return emb.float().unsqueeze(0)
 
 
+def init_linear_and_norm(m: nn.Module) -> None:
+    """MAE's initialisation of one module: xavier-uniform linear weights, zero biases, unit LayerNorms."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class Attention(TimmAttention):
     """timm's attention — the same parameters, outputs and gradients, bit for bit — with q, k and v
     taken as views of qkv in its own (B, N, 3, heads, head_dim) layout: backward then stacks their
@@ -132,17 +143,7 @@ class MaskedAutoencoderViT(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         if self.encoder_mask_token is not None:
             nn.init.normal_(self.encoder_mask_token, std=0.02)
-        self.apply(self._init_module)
-
-    @staticmethod
-    def _init_module(m):
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_norm)
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """B×C×H×W → B×L×(p·p·C), patches in row-major order (MAE's layout)."""

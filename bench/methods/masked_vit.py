@@ -27,7 +27,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from bench.core.patches import patchify, unpatchify
-from bench.methods.mae import Attention, sincos_pos_embed
+from bench.methods.mae import Attention, init_linear_and_norm, sincos_pos_embed
 from bench.methods.vit import ViTEncoder
 
 
@@ -116,14 +116,7 @@ class MaskedViT(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.apply(init_linear_and_norm)  # MAE's
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         return patchify(imgs, self.patch_size)
