@@ -64,8 +64,34 @@ def versus_baseline(table_samples: list[dict], baselines: pd.DataFrame, metrics:
     return out
 
 
-def format_baselines(baselines: pd.DataFrame) -> str:
-    """The baselines' table in Markdown (empty when the study has none)."""
+def margins(settings: pd.DataFrame, baselines: pd.DataFrame, axes: list[str]) -> list[str]:
+    """Per eval, one line: each setting's margin over the random-init baseline's mean, and which
+    settings beat it by a resolved margin (Welch, Holm-corrected across the settings)."""
+    keys = [a for a in axes if a in settings] or None
+    groups = list(settings.groupby(keys, sort=False, dropna=False)) if keys else [(settings.attrs.get("study", "the study"), settings)]
+    metrics = present_metrics(settings)
+    samples = [{name: runs[col].dropna().to_numpy(dtype=float) if col in runs else np.array([])
+                for name, (col, _) in metrics.items()} for _, runs in groups]
+    labels = [", ".join(map(str, g if isinstance(g, tuple) else (g,))) for g, _ in groups]
+    lines = []
+    for name, verdicts in versus_baseline(samples, baselines, metrics).items():
+        column, label = metrics[name]
+        reference = baseline_values(baselines, REFERENCE, column)
+        have = [i for i, v in enumerate(verdicts) if v]
+        if not len(reference) or not have:
+            continue
+        deltas = [samples[i][name].mean() - reference.mean() for i in have]
+        behind = [labels[i] for i in have if verdicts[i] != "beats"]
+        verdict = ("every setting beats it by a resolved margin" if not behind else
+                   f"not above it by a resolved margin: {'; '.join(behind)}")
+        lines.append(f"- {label}: margin over random init {min(deltas):+.1f} to {max(deltas):+.1f} points; {verdict}.")
+    return lines
+
+
+def format_baselines(baselines: pd.DataFrame, settings: pd.DataFrame | None = None,
+                     axes: list[str] | None = None) -> str:
+    """The baselines' table in Markdown (empty when the study has none); with the study's
+    `settings` (its non-baseline runs) and `axes`, each eval's margins over random init below it."""
     if baselines.empty:
         return ""
     metrics = present_metrics(baselines)
@@ -81,6 +107,8 @@ def format_baselines(baselines: pd.DataFrame) -> str:
             cells.append(fmt_score(values.mean(), values.std(ddof=1) if len(values) > 1 else np.nan, len(values))
                          if len(values) else MISSING)
         lines.append(md_row(cells + [str(len(runs))]))
+    if settings is not None and not settings.empty:
+        lines += [""] + margins(settings, baselines, list(axes or []))
     lines += ["", f"‡: not above the {LABELS[REFERENCE].split(',')[0]} baseline of the same eval by a resolved margin "
               "(Welch's t-test, Holm-corrected across the settings); with one seed on either side no margin "
               "can be resolved, so every setting is marked."]

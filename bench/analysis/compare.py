@@ -38,7 +38,7 @@ from bench.analysis.frames import runs_frame, varying_axes
 from bench.analysis.matching import (METRICS, OTHER_NUMBERS, Comparison, PairOrder, Ranking, Setting,
                                      match_settings)
 from bench.papers import Subtable, parse_paper_ref, subtable
-from bench.analysis.baselines import format_baselines, split_baselines
+from bench.analysis.baselines import format_baselines, reference_lines, split_baselines
 from bench.analysis.stats import bootstrap_ci, holm, kendall, resolved, seeds_to_resolve, welch_p
 from bench.core.errors import ConfigError
 from bench.core.files import atomic_write_text
@@ -181,10 +181,11 @@ def write_comparison(study_dir: Path | str, reports_root: Path | str = "reports"
     description = read_study_manifest(study_dir).get("description")
     text = format_comparison(comparison, study, runs, description)
     if baselines is not None and not baselines.empty:
-        text += "\n## Baselines\n\n" + format_baselines(baselines)
+        text += "\n## Baselines\n\n" + format_baselines(baselines, runs, list(sub.axes))
     atomic_write_text(paths["comparison_md"], text)
     atomic_write_text(paths["comparison_csv"], comparison.table.to_csv(index=False))
     source = f"{sub.paper.upper()} {sub.source.split(' (')[0]}"
     title = f"{study} vs {source}: {sub.title}\nours: {ours_setup(runs)}\npaper: {sub.setup_text}"
-    plot_comparison(comparison, paths["comparison_png"], title)
+    plot_comparison(comparison, paths["comparison_png"], title,
+                    reference_lines(baselines) if baselines is not None else None)
     return {**paths, "comparison": comparison}

@@ -17,12 +17,16 @@ import seaborn as sns  # noqa: E402
 
 from bench.analysis.matching import METRICS, Comparison, numeric_axis  # noqa: E402
 from bench.papers import Subtable  # noqa: E402
-from bench.analysis.plots import axis_label, bars, lines, not_run, save_png, zoom  # noqa: E402
+from bench.analysis.plots import axis_label, bars, draw_references, lines, not_run, save_png, zoom  # noqa: E402
 
 
-def plot_comparison(comparison: Comparison, path: Path | str, title: str) -> None:
+def plot_comparison(comparison: Comparison, path: Path | str, title: str,
+                    references: dict[str, list[tuple[str, float]]] | None = None) -> None:
     """Per metric (ft, lin) a panel: ours against the axis, as report.plot_study draws it (left
-    axis), and the paper's numbers as a second series on a right axis of their own."""
+    axis), the study's baselines as reference lines on ours (`references`: result column ->
+    [(label, mean)], bench.analysis.baselines.reference_lines), and the paper's numbers as a
+    second series on a right axis of their own."""
+    references = references or {}
     sub = comparison.subtable
     ran = [s for s in comparison.settings if s.samples is not None]
     numeric = numeric_axis(ran)
@@ -51,7 +55,9 @@ def plot_comparison(comparison: Comparison, path: Path | str, title: str) -> Non
                 bars(ax, data, column, x_order, [ours_color], 1, small=len(ran) > 10)
                 if max(map(len, x_order)) * len(x_order) > 6 * panel_w:
                     plt.setp(ax.get_xticklabels(), rotation=25, ha="right")
-            zoom(ax, data[column], from_zero=not numeric)
+            lines_at = references.get(column, [])
+            zoom(ax, pd.concat([data[column], pd.Series([v for _, v in lines_at], dtype=float)]), from_zero=not numeric)
+            draw_references(ax, lines_at)
             ax.set_xlabel(axis_label(x_name) if numeric else ", ".join(axis_label(a) for a in sub.axes))
             ax.set_ylabel("ours (%)", color=ours_color)
             ax.tick_params(axis="y", colors=ours_color)

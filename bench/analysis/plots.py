@@ -2,7 +2,7 @@
 comparison with a paper reuses (bars, lines, zoom, axis labels, atomic PNG saving).
 
     plot_study(frame, axes, path, title)   plot.png: a panel per eval against the first axis
-    bars / lines / zoom / not_run          one panel's parts
+    bars / lines / zoom / draw_references / not_run   one panel's parts
     save_png(fig, path)                    through bench.core.files.atomic_savefig, then closed
 """
 from __future__ import annotations
@@ -65,6 +65,15 @@ def zoom(ax, values: pd.Series, from_zero: bool = False) -> None:
         return
     span = max(hi - lo, 1.0)
     ax.set_ylim(max(0.0, lo - 0.3 * span), hi + 0.3 * span)
+
+
+def draw_references(ax, lines_at: list[tuple[str, float]]) -> None:
+    """The baselines' means as labelled horizontal lines (dashed, then dotted)."""
+    for i, (label, value) in enumerate(lines_at):
+        ax.axhline(value, color="0.2", ls=("--", ":")[i % 2], lw=1.3, zorder=4)
+        ax.annotate(f"{label}: {value:.1f}", (0.0, value), xycoords=("axes fraction", "data"),
+                    xytext=(3, 2), textcoords="offset points", ha="left", va="bottom", fontsize=7,
+                    color="0.15", zorder=5, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
 
 
 def not_run(ax) -> None:
@@ -182,12 +191,7 @@ def plot_study(frame: pd.DataFrame, axes: list[str], path: Path | str, title: st
             lines_at = references.get(metric, [])
             zoom(ax, pd.concat([data[metric].dropna(), pd.Series([v for _, v in lines_at], dtype=float)]),
                  from_zero=not numeric)
-            for i, (label, value) in enumerate(lines_at):
-                ax.axhline(value, color="0.2", ls=("--", ":")[i % 2], lw=1.3, zorder=4)
-                ax.annotate(f"{label}: {value:.1f}", (0.0, value), xycoords=("axes fraction", "data"),
-                            xytext=(3, 2), textcoords="offset points", ha="left", va="bottom", fontsize=7,
-                            color="0.15", zorder=5, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none",
-                                                              alpha=0.85))
+            draw_references(ax, lines_at)
             ax.set_xlabel(axis_label(x) if axes else "")
             ax.set_ylabel("")
         handles, names = [], []

@@ -200,7 +200,7 @@ def write_report(study_dir: Path | str, reports_root: Path | str = "reports",
     every_run = frame if baselines.empty else pd.concat([frame, baselines], ignore_index=True)
     atomic_write_text(paths["runs_csv"], every_run.to_csv(index=False))
     atomic_write_text(paths["table_csv"], table.to_csv(index=False))
-    parts = [f"# {study}", description, format_markdown(table, axes).rstrip(), format_baselines(baselines).rstrip(),
+    parts = [f"# {study}", description, format_markdown(table, axes).rstrip(), format_baselines(baselines, frame, axes).rstrip(),
              setup_line(frame)]
     atomic_write_text(paths["table_md"], "\n\n".join(p for p in parts if p) + "\n")
     plot_study(frame, axes, paths["plot"], f"{study}\n{description}" if description else study,
