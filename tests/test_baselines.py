@@ -7,7 +7,8 @@ import yaml
 from bench.cli import main
 from bench.launch.store import RunFolder
 from bench.study.baselines import baseline_config
-from bench.study.config import resolve, run_id
+from bench.study.config import resolve
+from bench.study.run_ids import run_id
 from bench.study.spec import load_study
 
 

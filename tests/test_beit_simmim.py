@@ -11,7 +11,8 @@ from bench.cli import main
 from bench.core.errors import ConfigError
 from bench.methods import create_method
 from bench.methods.masked_vit import MaskedViT
-from bench.study.config import resolve, run_id
+from bench.study.config import resolve
+from bench.study.run_ids import run_id
 from bench.targets import create_target
 from bench.targets.pixels import with_loss
 from bench.train.pretrain import SplitStep

@@ -7,7 +7,8 @@ import pytest
 
 import bench.train.pretrain
 from bench.train.checkpoint import Preempted
-from bench.study.config import resolve, run_id
+from bench.study.config import resolve
+from bench.study.run_ids import run_id
 from bench.launch.job import run_one
 from bench.launch.store import RunFolder
 

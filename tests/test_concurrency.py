@@ -22,7 +22,8 @@ from bench.launch.job import run_one
 from bench.launch.status import clear_submitting, study_status, write_submitting
 from bench.launch.store import RunFolder
 from bench.data import identity_digest
-from bench.study.config import resolve, run_id
+from bench.study.config import resolve
+from bench.study.run_ids import run_id
 
 REPO = Path(__file__).resolve().parent.parent
 HOLD = ("import sys, time; from bench.launch.lease import Lease; lease = Lease(sys.argv[1], kind='test'); "

@@ -17,7 +17,8 @@ from bench.data.datasets import ImageFolderSet, loader_workers
 from bench.data.subset import class_counts, stratified_subset
 from bench.launch.job import run_one
 from bench.launch.store import RunFolder
-from bench.study.config import resolve, run_id
+from bench.study.config import resolve
+from bench.study.run_ids import run_id
 from bench.study.spec import check_data as check_study
 from bench.study.spec import load_study
 from bench.targets.fit import fit_key

@@ -20,7 +20,8 @@ from bench.cli import main
 from bench.core import cache
 from bench.launch.job import pretrain_config, run_one
 from bench.launch.store import RunFolder
-from bench.study.config import resolve, run_id
+from bench.study.config import resolve
+from bench.study.run_ids import run_id
 
 LAUNCH = {"device": "cpu", "threads": 1}
 

@@ -107,7 +107,8 @@ def _stored_run(root, study, config, folder_id, finetune):
 def test_a_run_under_an_older_id_counts_until_its_config_runs_under_todays(tmp_path):
     """Runs stored before model.mask_token_in_encoder existed have older ids. Alone, they are
     reported (as the same config); once the config has run under today's id they step aside."""
-    from bench.study.config import resolve, run_id
+    from bench.study.config import resolve
+    from bench.study.run_ids import run_id
     config = resolve({"masking": {"strategy": "block"}})
     old = copy.deepcopy(config)
     del old["model"]["mask_token_in_encoder"], old["evals"]["knn"]
@@ -291,7 +292,7 @@ def test_knn_is_a_third_eval_when_it_has_values(tmp_path):
 def test_a_report_counts_only_the_specs_current_runs_and_names_code_versions(tmp_path):
     """Finished runs the spec's grid no longer has are left out and named; mixed code versions are said."""
     from bench.launch.store import write_study_manifest
-    from bench.study.config import run_id, with_added_later
+    from bench.study.run_ids import run_id, with_added_later
 
     runs = [add_run(tmp_path, "s", f"r{i}", finetune=70.0 + i, probe=60.0, masking__ratio=ratio)
             for i, ratio in enumerate((0.5, 0.75, 0.9))]

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from bench.data import DEBIAN_DATASETS
-from bench.study.config import resolve, run_id
+from bench.study.config import resolve
+from bench.study.run_ids import run_id
 from bench.study.spec import load_study
 
 REPO = Path(__file__).resolve().parents[1]

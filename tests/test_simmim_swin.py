@@ -16,7 +16,8 @@ from bench.core.errors import ConfigError
 from bench.data import create_dataset
 from bench.methods import create_method
 from bench.methods.swin import SimMIMSwin, SwinEncoder
-from bench.study.config import ADDED_LATER, hashed_part, resolve, run_id, with_added_later
+from bench.study.config import resolve
+from bench.study.run_ids import ADDED_LATER, hashed_part, run_id, with_added_later
 from bench.targets import create_target
 from bench.targets.pixels import masked_l1, with_loss
 from bench.train import evals

@@ -14,7 +14,8 @@ import yaml
 
 from bench.cli import main
 from bench.data import identity_digest
-from bench.study.config import resolve, run_id
+from bench.study.config import resolve
+from bench.study.run_ids import run_id
 from bench.launch.job import run_one
 from bench.launch.status import study_status
 from bench.launch.store import RunFolder

@@ -10,7 +10,8 @@ import yaml
 from bench.core.errors import ConfigError
 from bench.core.hashing import canonical_json
 from bench.data import identity_digest
-from bench.study.config import resolve, resolve_launch, run_id
+from bench.study.config import resolve, resolve_launch
+from bench.study.run_ids import run_id
 from bench.study.spec import load_study
 
 
@@ -103,7 +104,7 @@ def test_run_id_is_stable_across_key_order_number_spelling_and_processes(tmp_pat
         spellings.append(load_study(path).runs[0].run_id)
     assert spellings == [run_id(identified(a))] * 4
     assert run_id(resolve(reordered)) == run_id(a)
-    code = f"import json; from bench.study.config import resolve, run_id; print(run_id(resolve(json.loads({json.dumps(json.dumps(tiny_base))}))))"
+    code = f"import json; from bench.study.config import resolve; from bench.study.run_ids import run_id; print(run_id(resolve(json.loads({json.dumps(json.dumps(tiny_base))}))))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={"PYTHONHASHSEED": "123", "PATH": ""}, check=True).stdout.strip()
     assert other == run_id(a)
@@ -144,9 +145,10 @@ def test_a_key_added_later_keeps_earlier_run_ids_at_its_old_value(tiny_base):
     del written_before["baseline"]
     del written_before["data"]["identity"]  # null: not identified (what load_study leaves without the data)
     del written_before["model"]["head"]  # BEiT and SimMIM's keys, at MAE's values
-    for key in ("loss", "loss_on", "drop_path", "clip_grad"):
+    for key in ("loss", "loss_on", "drop_path", "clip_grad", "optimizer", "weight_decay_end"):
         del written_before["pretrain"][key]
-    for key in ("depths", "stage_num_heads", "window_size"):  # a Swin's (SimMIM), null on a ViT
+    for key in ("depths", "stage_num_heads", "window_size",  # a Swin's (SimMIM), null on a ViT
+                "backbone", "sparse", "densify", "hierarchical"):  # a CNN's (SparK)
         del written_before["model"][key]
     old_id = hashlib.sha256(canonical_json(written_before).encode()).hexdigest()[:12]
     assert run_id(resolved) == old_id

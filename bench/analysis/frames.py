@@ -22,7 +22,8 @@ import yaml
 
 from bench.analysis.tables import fmt_value
 from bench.launch.store import iter_runs, read_result, read_study_manifest
-from bench.study.config import SCHEMA, run_id, with_added_later
+from bench.study.config import SCHEMA
+from bench.study.run_ids import run_id, with_added_later
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster on 10k configs
 
@@ -35,10 +36,8 @@ TOP_LEVEL_KEYS = frozenset(k for k, v in SCHEMA.items() if not isinstance(v, dic
 
 def flatten_config(tree: dict, prefix: str = "") -> dict[str, Any]:
     """{'masking': {'ratio': 0.75}} -> {'masking.ratio': 0.75}, for a frame's columns: an empty
-    dict (a strategy without params) gives no column, a list becomes its JSON text (hashable).
-
-    (bench.study.config.flatten differs: it keeps an empty dict as a value and lists as lists,
-    which pandas cannot group by.)
+    dict (a strategy without params) gives no column, a list becomes its JSON text (hashable,
+    so pandas can group by it).
     """
     flat = {}
     for key, value in tree.items():

@@ -49,7 +49,8 @@ def _load_study_stages(spec: dict) -> dict[str, float]:
     import copy
     import itertools
 
-    from bench.study.config import run_id, set_dotted
+    from bench.study.config import set_dotted
+    from bench.study.run_ids import run_id
 
     base = spec["base"]
     axes = [[{k: v} for v in values] for k, values in spec["grid"].items()] + [[{"seed": s} for s in spec["seeds"]]]

@@ -55,7 +55,7 @@ class DatasetEntry:
     check: str = ""  # "module:function", called as (name, data_root): the cheap look at the files
     identify: str = ""  # "module:function", called as (name, data_root) -> (folder read, identity's content)
     count: str = ""  # "module:function", called as (name, data_root, split) -> (images in split or None, where)
-    default_identity: str | None = None  # the digest left out of the run id (bench.study.config.hashed_part)
+    default_identity: str | None = None  # the digest left out of the run id (bench.study.run_ids.hashed_part)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ read, plus one listing of an ImageFolder tree):
 
 Names are relative: the same files in another folder have the same identity; other files
 (another size, other bytes in a sample, another image list) have another. The config key
-`data.identity` holds the digest; bench.study.config leaves it out of the run id when it is null
+`data.identity` holds the digest; bench.study.run_ids leaves it out of the run id when it is null
 or the dataset's registered `default_identity` (Debian's Fashion-MNIST without limits), so only
 runs on other data, or on a subset, get new ids.
 """

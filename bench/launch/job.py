@@ -28,7 +28,7 @@ from bench.launch.lease import Lease, describe
 from bench.launch.store import RunFolder, read_result, write_failure
 from bench.methods import create_method
 from bench.study.config import resolve
-from bench.study.config import run_id as config_run_id
+from bench.study.run_ids import run_id as config_run_id
 from bench.train import distributed
 from bench.train.checkpoint import Checkpointer, Preempted
 from bench.train.evals import create_eval, list_evals

@@ -36,7 +36,7 @@ from bench.launch import lease as leases
 from bench.launch.job import pretrain_config, run_one
 from bench.launch.status import busy_runs, clear_submitting, slurm_states, write_job, write_submitting
 from bench.launch.store import CannotWrite, RunFolder, write_failure, write_study_manifest
-from bench.study.config import run_id
+from bench.study.run_ids import run_id
 from bench.study.spec import Run, Study
 from bench.train import distributed
 

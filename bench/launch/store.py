@@ -37,7 +37,7 @@ import yaml
 
 from bench.core.errors import ConfigError
 from bench.core.files import atomic_write, atomic_write_text
-from bench.study.config import with_added_later
+from bench.study.run_ids import with_added_later
 
 RESULT_KEYS = ("run_id", "study", "finetune_top1", "linear_probe_top1", "pretrain_images_per_s",
                "pretrain_wall_s", "n_params", "torch_version", "timm_version", "git_commit", "device")

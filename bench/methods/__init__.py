@@ -119,3 +119,25 @@ register_preset("simmim_swin_tiny_patch2", "simmim", arch="swin", patch_size=2, 
 # The paper's Swin-B at 192 px (official simmim_pretrain__swin_base__img192_window6): stride 32.
 register_preset("simmim_swin_base_patch4", "simmim", arch="swin", patch_size=4, embed_dim=128, depths=(2, 2, 18, 2),
                 stage_num_heads=(4, 8, 16, 32), window_size=6, mlp_ratio=4.0)
+
+
+# ----------------------------------------------------------------------------- SparK
+# A timm CNN made sparse (bench/methods/spark.py; `arch: cnn`): masks on the last stage's grid,
+# patch_size = its stride 4 × 2^(stages − 1); depths / embed_dim (the first stage's width, doubling
+# per stage) null = timm's own; decoder_embed_dim = the light UNet's width at the last stage.
+register_method("spark", "bench.methods.spark:SparK", paper="spark",
+                doc="SparK (Tian et al. 2023): a sparse CNN on the visible cells, a hierarchical UNet decoder")
+# Small images on a CPU: a 4x4 mask grid at 32 px; the ResNet's two stages have stride 4, 8.
+register_preset("spark_resnet_tiny", "spark", arch="cnn", backbone="resnet18", patch_size=8, depths=(1, 1),
+                embed_dim=32, decoder_embed_dim=64)
+# timm's ConvNeXt always has 4 stages: a 1 px stem patch makes them stride 1, 2, 4, 8.
+register_preset("spark_convnext_tiny", "spark", arch="cnn", backbone="convnext_atto", patch_size=8,
+                depths=(1, 1, 1, 1), embed_dim=16, decoder_embed_dim=64)
+# The paper's (224 px, stride 32: a 7x7 mask grid); the official decoder width 768 (ResNet-18's 512: ours).
+register_preset("spark_resnet18", "spark", arch="cnn", backbone="resnet18", patch_size=32, decoder_embed_dim=512)
+register_preset("spark_resnet50", "spark", arch="cnn", backbone="resnet50", patch_size=32, decoder_embed_dim=768)
+register_preset("spark_resnet101", "spark", arch="cnn", backbone="resnet101", patch_size=32, decoder_embed_dim=768)
+register_preset("spark_convnext_small", "spark", arch="cnn", backbone="convnext_small", patch_size=32,
+                decoder_embed_dim=768)
+register_preset("spark_convnext_base", "spark", arch="cnn", backbone="convnext_base", patch_size=32,
+                decoder_embed_dim=768)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 
-from bench.study.config import BASELINES, resolve, run_id
+from bench.study.config import BASELINES, resolve
+from bench.study.run_ids import run_id
 
 DECODER_KEYS = ("decoder_embed_dim", "decoder_depth", "decoder_num_heads")
 

@@ -1,14 +1,11 @@
-"""Run configuration: the schema with the papers' defaults, validation, run id.
+"""Run configuration: the schema with the papers' defaults, and validation.
 
 A run config is a nested dict with the sections `data`, `model`, `masking`, `pretrain`,
 `evals`, a `method` and a `seed`. `resolve()` validates a partial config and fills in every key — the
 model preset's numbers and the masking strategy's parameters included — so the resolved
-config alone says everything a run depends on. `run_id()` hashes it: a changed default
-changes the id, because the hash covers values, not overrides. A key added after results
-existed is left out of the hash while it holds the value that computes what runs computed
-before it (`ADDED_LATER`), so those runs keep their ids and folders. `data.identity` (the digest
-of the data read, bench.data.identify, filled in by load_study) is such a key: hashed unless it is
-null or the dataset's registered default identity.
+config alone says everything a run depends on; bench.study.run_ids hashes it into the run id
+(and keeps the ids of runs made before a key was added). `data.identity` (the digest of the
+data read, bench.data.identify) is filled in by load_study.
 
 Launch settings (executor, parallelism, SLURM resources, device, threads) live in a separate
 `launch` section: they decide where a run executes, not what it computes, so they are not
@@ -17,13 +14,12 @@ hashed.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import Any
 
 from bench.core.errors import ConfigError
-from bench.core.hashing import digest
 from bench.core.options import Option, short_repr
 from bench import masking, targets
-from bench.data import dataset_entry, is_default_identity, list_augmentations, list_datasets
+from bench.data import dataset_entry, list_augmentations, list_datasets
 from bench.masking import list_strategies
 from bench.methods import list_methods, list_presets
 from bench.methods import preset as preset_numbers
@@ -34,7 +30,8 @@ from bench.study.model_checks import HEADS, LOSSES, check_arch, check_loss, reso
 SEED_MAX = 2 ** 32 - 1  # torch's generators take seed * 1_000_003 + ...: kept well inside 64 bits
 
 _MODEL_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
-               "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "depths", "stage_num_heads", "window_size")
+               "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "depths", "stage_num_heads", "window_size",
+               "backbone")
 
 # ----------------------------------------------------------------------------- the schema
 BASELINES = ("random_init", "raw_pixels")  # the baseline runs a study can add (bench.study.baselines)
@@ -72,6 +69,17 @@ SCHEMA: dict = {
         "depths": Option(None, list, nullable=True, help="a Swin preset's blocks per stage (bench.methods.swin)"),
         "stage_num_heads": Option(None, list, nullable=True, help="a Swin preset's attention heads per stage"),
         "window_size": Option(None, int, low=1, nullable=True, help="a Swin preset's attention window, in tokens"),
+        # SparK's CNN keys (bench.methods.spark; a preset with `arch: cnn`): null on every other preset
+        "backbone": Option(None, str, nullable=True, help="a CNN preset's timm model (resnet*, convnext*)"),
+        "sparse": Option(None, bool, nullable=True,
+                         help="SparK: masked dense convolutions emulate sparse ones (true, the paper's) or a "
+                              "dense CNN on zeroed pixels (false, zero-outing); null = true with a CNN preset"),
+        "densify": Option(None, bool, nullable=True,
+                          help="SparK: fill each scale's masked positions with a learned mask token before the "
+                               "decoder; null = true with a CNN preset"),
+        "hierarchical": Option(None, bool, nullable=True,
+                               help="SparK: the decoder takes every stage's features (true) or the last stage's "
+                                    "only (false); null = true with a CNN preset"),
         "mask_token_in_encoder": Option(False, bool, help="MAE Table 1c 'w/ [M]': the encoder sees all L patches, "
                                                           "the masked ones replaced by a learned mask token"),
         "head": Option(None, str, choices=HEADS, nullable=True,
@@ -103,6 +111,12 @@ SCHEMA: dict = {
         "drop_path": Option(0.0, float, low=0.0, high=1.0, help="stochastic depth in the encoder (BEiT: 0.1)"),
         "clip_grad": Option(None, float, low=0.0, nullable=True, open_interval=True,
                             help="clip the gradient's global norm (BEiT: 3.0, SimMIM: 5.0); null = no clipping"),
+        "optimizer": Option("adamw", str, choices=("adamw", "lamb"),
+                            help="adamw (MAE, BEiT, SimMIM) or LAMB (SparK: timm.optim.Lamb, its own grad "
+                                 "clipping off; pretrain.clip_grad clips)"),
+        "weight_decay_end": Option(None, float, low=0.0, nullable=True,
+                                   help="cosine weight-decay schedule from weight_decay to this value over the "
+                                        "run (SparK: 0.04 -> 0.2); null = constant weight_decay"),
         "precision": Option("fp32", str, choices=("fp32", "bf16"),
                             help="bf16: the forward and backward under bfloat16 autocast (weights, "
                                  "optimizer state and the loss's reduction stay fp32) — the GPU recipe"),
@@ -207,7 +221,8 @@ def resolve(partial: dict | None) -> dict:
     for key in _MODEL_KEYS:
         if model[key] is None:
             model[key] = preset.get(key)
-    model["mlp_ratio"] = float(model["mlp_ratio"])
+    if model["mlp_ratio"] is not None:  # a CNN preset (SparK) has none
+        model["mlp_ratio"] = float(model["mlp_ratio"])
     check_arch(cfg, preset.get("arch", "vit"))
     resolve_head(cfg)
     if cfg["data"]["img_size"] % model["patch_size"]:
@@ -276,108 +291,6 @@ def resolve_launch(partial: dict | None) -> dict:
         raise ConfigError("launch", f"{short_repr(partial)} is not allowed; allowed: a mapping with keys "
                                     f"{', '.join(LAUNCH_SCHEMA)}")
     return _check_tree(partial or {}, LAUNCH_SCHEMA, "launch")
-
-
-# Keys added to the schema after results existed, with the value at which a run computes what it
-# computed before the key was there. A stored config without one reads as holding that value
-# (`with_added_later`). Those in HASH_EXEMPT came after run ids had to stay stable: the hash leaves
-# them out where their predicate — called as (value, the section holding the key) — says the value
-# computes what runs computed before the key existed, so those runs keep their ids and folders.
-# (The first four came before this rule: runs stored before them have older ids, which the report
-# reconciles.)
-ADDED_LATER = {
-    "model.mask_token_in_encoder": False,
-    "pretrain.target_params": {},
-    "evals.finetune.blocks": None,
-    "evals.knn": {"enabled": False, "k": 20, "temperature": 0.07, "feature": "cls"},
-    "pretrain.precision": "fp32",
-    "method": "mae",
-    "data.identity": None,
-    "baseline": None,
-    "model.head": "decoder",
-    "pretrain.loss": None,
-    "pretrain.loss_on": "masked",
-    "pretrain.drop_path": 0.0,
-    "pretrain.clip_grad": None,
-    "model.depths": None,
-    "model.stage_num_heads": None,
-    "model.window_size": None,
-}
-
-
-def _at_old_value(dotted: str) -> Callable[[Any, dict], bool]:
-    """The usual rule: left out of the hash while it holds its ADDED_LATER value."""
-    return lambda value, section: value == ADDED_LATER[dotted]
-
-
-HASH_EXEMPT: dict[str, Callable[[Any, dict], bool]] = {
-    "pretrain.precision": _at_old_value("pretrain.precision"),
-    "method": _at_old_value("method"),
-    "baseline": _at_old_value("baseline"),
-    # null (not identified) or the dataset's registered default identity (Debian's Fashion-MNIST,
-    # whole): the data every run had before the key existed. Any other data, or a limited subset
-    # (whose identity holds the subset rule), is hashed.
-    "data.identity": lambda value, section: is_default_identity(section.get("name"), value),
-    # BEiT and SimMIM's keys: at these values a run computes what every MAE run computed before them
-    "model.head": _at_old_value("model.head"),
-    "pretrain.loss": _at_old_value("pretrain.loss"),
-    "pretrain.loss_on": _at_old_value("pretrain.loss_on"),
-    "pretrain.drop_path": _at_old_value("pretrain.drop_path"),
-    "pretrain.clip_grad": _at_old_value("pretrain.clip_grad"),
-    # the Swin's keys (bench.methods.swin): null on every ViT preset, the only presets before them
-    "model.depths": _at_old_value("model.depths"),
-    "model.stage_num_heads": _at_old_value("model.stage_num_heads"),
-    "model.window_size": _at_old_value("model.window_size"),
-}
-
-
-def _edit_at(cfg: dict, dotted: str, edit: Callable[[dict, str], bool]) -> dict:
-    """cfg with `edit(parent, key)` applied at a dotted key, copying only the dicts on its path;
-    cfg itself when the path is missing or edit returns False."""
-    *path, last = dotted.split(".")
-    nodes = [cfg]
-    for part in path:
-        node = nodes[-1].get(part)
-        if not isinstance(node, dict):
-            return cfg
-        nodes.append(node)
-    parent = dict(nodes[-1])
-    if not edit(parent, last):
-        return cfg
-    for node, part in zip(reversed(nodes[:-1]), reversed(path)):
-        parent = {**node, part: parent}
-    return parent
-
-
-def hashed_part(cfg: dict) -> dict:
-    """The config as run_id hashes it: without the HASH_EXEMPT keys whose predicate says they
-    compute what runs computed before them."""
-    def drop_if_old(parent: dict, key: str) -> bool:
-        if key in parent and exempt(parent[key], parent):
-            del parent[key]
-            return True
-        return False
-    for dotted, exempt in HASH_EXEMPT.items():
-        cfg = _edit_at(cfg, dotted, drop_if_old)
-    return cfg
-
-
-def with_added_later(cfg: dict) -> dict:
-    """A stored config written before some ADDED_LATER keys existed, with them at their old values
-    (what the run computed with), so it reads — and compares — like one written today."""
-    def fill(parent: dict, key: str) -> bool:
-        if key in parent:
-            return False
-        parent[key] = copy.deepcopy(ADDED_LATER[dotted])
-        return True
-    for dotted in ADDED_LATER:
-        cfg = _edit_at(cfg, dotted, fill)
-    return cfg
-
-
-def run_id(cfg: dict) -> str:
-    """12 hex digits of the SHA-256 of the resolved config (key order does not matter)."""
-    return digest(hashed_part(cfg))
 
 
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:

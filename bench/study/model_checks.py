@@ -17,6 +17,8 @@ HEADS = ("decoder", "linear", "mlp")  # model.head; which a method takes: bench.
 LOSSES = ("mse", "l1", "smooth_l1")  # pretrain.loss of a float target (bench.targets.pixels)
 VIT_KEYS = ("depth", "num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads")
 SWIN_KEYS = ("depths", "stage_num_heads", "window_size")  # a preset's `arch` says which it takes
+CNN_KEYS = ("backbone", "sparse", "densify", "hierarchical")  # SparK's (bench.methods.spark), arch cnn
+CNN_FAMILIES = ("resnet", "convnext")  # the timm families whose stages bench.methods.spark walks
 
 
 def resolve_head(cfg: dict) -> None:
@@ -28,7 +30,7 @@ def resolve_head(cfg: dict) -> None:
     elif model["head"] not in allowed:
         raise ConfigError("model.head", f"{model['head']!r} is not a head of method {cfg['method']}; "
                                         f"allowed: {', '.join(allowed)}")
-    if model["head"] == "decoder":
+    if model["head"] == "decoder" and model.get("backbone") is None:  # a CNN's decoder is SparK's UNet
         for key in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
             if model[key] is None:
                 raise ConfigError(f"model.{key}", f"is null (preset {model['preset']} has no decoder) but "
@@ -43,6 +45,11 @@ def check_arch(cfg: dict, arch: str) -> None:
     image (stage widths embed_dim × 2^i, the last stage's stride, every stage's windows), and
     what only a ViT has is refused: another head than linear, partial fine-tuning, the cls feature."""
     model, name = cfg["model"], cfg["model"]["preset"]
+    if arch == "cnn":
+        return _check_cnn(cfg)
+    for key in CNN_KEYS:
+        if model.get(key) is not None:
+            raise ConfigError(f"model.{key}", f"is a CNN key (SparK) but preset {name} is not a CNN; allowed: null")
     for key in VIT_KEYS if arch == "swin" else SWIN_KEYS:
         if model[key] is not None:
             kind, other = ("a ViT", "a Swin") if arch == "swin" else ("a Swin", "a ViT")
@@ -79,6 +86,59 @@ def check_arch(cfg: dict, arch: str) -> None:
         if cfg["evals"][section]["enabled"] and cfg["evals"][section]["feature"] == "cls":
             raise ConfigError(f"evals.{section}.feature", "'cls' is not allowed: a Swin has no cls token; "
                                                           "allowed with a Swin preset: avgpool")
+
+
+def _check_cnn(cfg: dict) -> None:
+    """A CNN preset (SparK, bench.methods.spark): a timm ResNet or ConvNeXt, its stages' blocks
+    `depths` (null: timm's) and first width `embed_dim` (null: timm's), the decoder's width
+    decoder_embed_dim; patch_size = the last stage's stride, 4 × 2^(stages − 1) for a ResNet, 32 or
+    8 for a ConvNeXt (4 stages; stem patch 4 or 1). The switches
+    sparse / densify / hierarchical default to the paper's (true); only the decoder head and the
+    average-pooled feature; no partial fine-tuning."""
+    model, name = cfg["model"], cfg["model"]["preset"]
+    for key in ("depth", "num_heads", "decoder_depth", "decoder_num_heads", "stage_num_heads", "window_size"):
+        if model[key] is not None:
+            raise ConfigError(f"model.{key}", f"is not a key of a CNN preset ({name}); allowed: null")
+    if cfg["method"] != "spark":
+        raise ConfigError("model.preset", f"{name} is a CNN preset; allowed with method spark only")
+    backbone = model["backbone"]
+    if not backbone or not backbone.startswith(CNN_FAMILIES):
+        raise ConfigError("model.backbone", f"{backbone!r} is not allowed; allowed: a timm "
+                                            f"{' or '.join(CNN_FAMILIES)} name")
+    for key in ("sparse", "densify", "hierarchical"):
+        if model[key] is None or cfg["baseline"] is not None:  # a baseline pre-trains nothing: the
+            model[key] = True                                   # paper's, so the settings share it
+    if model["depths"] is not None:
+        values = model["depths"] = list(model["depths"])
+        if not values or any(type(v) is not int or not 1 <= v < 2 ** 31 for v in values):
+            raise ConfigError("model.depths", f"{short_repr(values)} is not allowed; allowed: a list of ints >= 1")
+        if model["embed_dim"] is None:
+            raise ConfigError("model.embed_dim", "is null but model.depths is set; allowed: the first stage's width")
+    stages = len(model["depths"]) if model["depths"] is not None else 4
+    if backbone.startswith("convnext"):  # timm's ConvNeXt has 4 stages; its stem's patch 4 (or 1) sets the stride
+        if stages != 4:
+            raise ConfigError("model.depths", f"has {stages} stages; allowed with a ConvNeXt: 4")
+        if model["patch_size"] not in (8, 32):
+            raise ConfigError("model.patch_size", f"{model['patch_size']} is not a ConvNeXt's last-stage stride; "
+                                                  "allowed: 32 (stem patch 4) or 8 (stem patch 1)")
+        stride = model["patch_size"]
+    else:
+        stride = 4 << (stages - 1)
+        if model["patch_size"] != stride:
+            raise ConfigError("model.patch_size", f"{model['patch_size']} is not the last stage's stride {stride} "
+                                                  f"(4 x 2^(stages - 1), {stages} stages); allowed: {stride}")
+    if model["decoder_embed_dim"] is None or model["decoder_embed_dim"] % stride:
+        raise ConfigError("model.decoder_embed_dim", f"{model['decoder_embed_dim']!r} is not allowed; allowed: a "
+                                                     f"multiple of {stride} (the UNet halves it per 2x upsampling)")
+    if model["head"] not in (None, "decoder"):
+        raise ConfigError("model.head", f"{model['head']!r} is not a head of a CNN preset; allowed: decoder")
+    if cfg["evals"]["finetune"]["blocks"] is not None:
+        raise ConfigError("evals.finetune.blocks", "partial fine-tuning counts a ViT's blocks; allowed with a "
+                                                   "CNN preset: null")
+    for section in ("linear_probe", "finetune", "knn"):
+        if cfg["evals"][section]["enabled"] and cfg["evals"][section]["feature"] == "cls":
+            raise ConfigError(f"evals.{section}.feature", "'cls' is not allowed: a CNN has no cls token; "
+                                                          "allowed with a CNN preset: avgpool")
 
 
 def check_loss(cfg: dict) -> None:

@@ -51,7 +51,8 @@ from bench.core.yamlio import load_file
 from bench.data import identity_digest
 from bench.study.baselines import baseline_runs
 from bench.study.config import (SCHEMA, SEED_MAX, check_fits, check_partial, is_known_key, resolve,
-                                resolve_launch, run_id, set_dotted)
+                                resolve_launch, set_dotted)
+from bench.study.run_ids import run_id
 from bench.study.written import (Where, base_error, error_at, locate, merge, put_where, run_error, sub_where,
                                  written_at)
 

@@ -1,7 +1,9 @@
 """Optimisation pieces of MAE's recipe: the lr schedule, weight-decay groups, layer-wise lr decay, LARS.
 
 - lr = blr × batch / 256, linear warmup then half-cycle cosine to min_lr, set every iteration.
-- Pre-training: AdamW on two groups — no weight decay for biases and 1-D parameters (norms).
+- Pre-training: AdamW (or LAMB, SparK's: `pretrain_optimizer`) on two groups — no weight decay for
+  biases and 1-D parameters (norms); the decay constant, or on a cosine to an end value
+  (`weight_decay_at`, SparK's 0.04 → 0.2).
 - Fine-tuning: layer-wise lr decay — block i gets lr × decay^(depth + 1 - (i + 1)), the
   patch embedding, cls token and position embedding decay^(depth + 1), the head lr × 1.
 - Linear probing: LARS (layer-wise adaptive rate scaling, trust coefficient 0.001, no decay on
@@ -25,6 +27,31 @@ def lr_at(epoch: float, base_lr: float, min_lr: float, warmup_epochs: float, epo
         return base_lr * epoch / warmup_epochs
     progress = (epoch - warmup_epochs) / max(epochs - warmup_epochs, 1e-12)
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def weight_decay_at(epoch: float, start: float, end: float, epochs: float) -> float:
+    """Weight decay at a fractional epoch: half-cycle cosine from `start` to `end` over the run
+    (SparK: 0.04 → 0.2, rising)."""
+    progress = min(max(epoch / max(epochs, 1e-12), 0.0), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, weight_decay: float, groups: list[int]) -> None:
+    """Set the weight decay of the param groups at indices `groups` (the decayed ones)."""
+    for i in groups:
+        optimizer.param_groups[i]["weight_decay"] = weight_decay
+
+
+def pretrain_optimizer(name: str, groups: list[dict], lr: float, betas: tuple) -> torch.optim.Optimizer:
+    """The pre-training optimizer: AdamW (fused where possible) or LAMB (SparK; timm's Lamb with
+    its own global-norm clipping off: pretrain.clip_grad clips, as for AdamW)."""
+    if name == "adamw":
+        return fused_adamw(groups, lr, betas=betas)[0]
+    if name == "lamb":
+        from timm.optim import Lamb
+
+        return Lamb(groups, lr=lr, betas=betas, max_grad_norm=None)
+    raise ValueError(f"unknown optimizer {name!r}; allowed: adamw, lamb")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

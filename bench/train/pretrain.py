@@ -3,10 +3,11 @@
 The method (bench.methods) builds the model and says on which grid masks are drawn; the
 target (bench.targets) says what a masked patch is scored against; everything else is here:
 AdamW (β and weight decay from the config, decay on weight matrices only; fused where torch
-has it), the gradient's norm clipped when the recipe says (pretrain.clip_grad), fp32 or
-bf16 autocast (`pretrain.precision`; no loss scaling needed), lr = blr × batch / 256 with
-linear warmup and cosine decay set every iteration, batched augmentation and masks made on
-the model's device. The data order, augmentation and masks of epoch e depend only on
+has it) or LAMB (pretrain.optimizer; SparK's), the weight decay constant or on a cosine to
+pretrain.weight_decay_end (SparK's 0.04 → 0.2), the gradient's norm clipped when the recipe
+says (pretrain.clip_grad), fp32 or bf16 autocast (`pretrain.precision`; no loss scaling
+needed), lr = blr × batch / 256 with linear warmup and cosine decay set every iteration,
+batched augmentation and masks made on the model's device. The data order, augmentation and masks of epoch e depend only on
 (seed, e), so a run's numbers do not depend on where it ran before.
 
 On a CPU with several threads, a step's forward and backward run as one sub-batch per thread,
@@ -30,7 +31,8 @@ from bench.targets import create_target
 from bench.targets.pixels import with_loss
 from bench.train import distributed
 from bench.train.checkpoint import Checkpointer
-from bench.train.optim import fused_adamw, lr_at, scaled_lr, set_lr, weight_decay_groups
+from bench.train.optim import (lr_at, pretrain_optimizer, scaled_lr, set_lr, set_weight_decay, weight_decay_at,
+                               weight_decay_groups)
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device, stream: int = 0) -> torch.Generator:
@@ -118,13 +120,19 @@ class PretrainStep:
         self.cfg, self.model, self.target, self.optimizer = cfg, model, target, optimizer
         self.split_step, self.grid, self.mean, self.std, self.share = split_step, grid, mean, std, share
         self.full_pred = False  # True: the decoder predicts every patch (same loss; the speed bench's ablation)
+        # the decayed param groups (weight matrices; weight_decay_groups), by index: a resumed
+        # optimizer's groups are new dicts
+        self.decay_groups = [i for i, g in enumerate(optimizer.param_groups) if any(p.ndim > 1 for p in g["params"])]
 
-    def __call__(self, images: torch.Tensor, lr: float, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, lr: float, gen: torch.Generator,
+                 weight_decay: float | None = None) -> torch.Tensor:
         """Train on one batch of uint8 images; returns the (detached) loss of this process's share.
         The caller checks it is finite (under DDP, after averaging it over the ranks, so that a NaN
         on one rank stops every rank at the same step instead of leaving the others waiting)."""
         data, mcfg = self.cfg["data"], self.cfg["masking"]
         set_lr(self.optimizer, lr)
+        if weight_decay is not None:  # a schedule (pretrain.weight_decay_end); None: as built
+            set_weight_decay(self.optimizer, weight_decay, self.decay_groups)
         x = normalize(augment(images, data["augmentation"], data["img_size"], gen), self.mean, self.std)
         mask = masking.generate(mcfg["strategy"], x.shape[0], self.grid, mcfg["ratio"], mcfg["params"], gen, x.device)
         # the decoder predicts only the masked patches (the loss's)
@@ -145,8 +153,8 @@ def build_pretraining(cfg: dict, train_set, device: torch.device, cache_dir=None
     method = create_method(cfg["method"])
     model = method.build_model(cfg, train_set.channels, target).to(device)
     base_lr = scaled_lr(pcfg["blr"], pcfg["batch_size"])
-    optimizer, _ = fused_adamw(weight_decay_groups(model, pcfg["weight_decay"]), base_lr,
-                               betas=(pcfg["beta1"], pcfg["beta2"]))
+    optimizer = pretrain_optimizer(pcfg.get("optimizer", "adamw"), weight_decay_groups(model, pcfg["weight_decay"]),
+                                   base_lr, (pcfg["beta1"], pcfg["beta2"]))
     batch_size = min(pcfg["batch_size"], len(train_set))
     if batch_size % world:
         raise ValueError(f"pretrain.batch_size {batch_size} does not split over {world} processes")
@@ -216,7 +224,9 @@ def pretrain(cfg: dict, train_set, device: torch.device,
         for step, (images, _) in enumerate(batches, start=first_step):
             lr = lr_at(epoch + step / steps_per_epoch, base_lr, pcfg["min_lr"], pcfg["warmup_epochs"],
                        pcfg["epochs"])
-            loss = distributed.mean_across(step_fn(images, lr, gen).detach(), rank)
+            wd = None if pcfg.get("weight_decay_end") is None else weight_decay_at(
+                epoch + step / steps_per_epoch, pcfg["weight_decay"], pcfg["weight_decay_end"], pcfg["epochs"])
+            loss = distributed.mean_across(step_fn(images, lr, gen, weight_decay=wd).detach(), rank)
             if not torch.isfinite(loss):  # the same value on every rank: all stop here
                 raise NonFiniteError(f"pretrain loss is {loss.item()} at epoch {epoch + 1}, step {step}")
             losses.append(loss)
