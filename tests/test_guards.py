@@ -76,8 +76,8 @@ def _ddp_rank(rank: int, init_file: str, tiny_base: dict, queue) -> None:
     calls = []
     step = bench.train.pretrain.PretrainStep.__call__
 
-    def nan_on_rank_1(self, images, lr, gen):
-        loss = step(self, images, lr, gen)
+    def nan_on_rank_1(self, images, lr, gen, **schedule):  # schedule: weight_decay (pretrain.weight_decay_end)
+        loss = step(self, images, lr, gen, **schedule)
         calls.append(1)
         return loss * math.nan if rank == 1 and len(calls) == 3 else loss
     bench.train.pretrain.PretrainStep.__call__ = nan_on_rank_1
