@@ -28,7 +28,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from bench.core.patches import patchify, unpatchify
-from bench.methods.vit import ViTEncoder
+from bench.methods.vit import ViTMethod
 
 
 def sincos_pos_embed(dim: int, grid: int, cls_token: bool) -> torch.Tensor:
@@ -259,7 +259,7 @@ def build_mae(model_cfg: dict, img_size: int, in_chans: int, target_dim: int | N
                                 drop_path=drop_path, loss_on_all=loss_on_all, **{k: model_cfg[k] for k in keys})
 
 
-class MAE:
+class MAE(ViTMethod):
     """MAE as a mimbench method: the model above, masks on its patch grid, timm's ViT for the evals."""
 
     name = "mae"
@@ -269,17 +269,3 @@ class MAE:
         pcfg = cfg["pretrain"]
         return build_mae(cfg["model"], cfg["data"]["img_size"], in_chans, target.out_dim(patch_dim),
                          drop_path=pcfg.get("drop_path", 0.0), loss_on_all=pcfg.get("loss_on") == "all")
-
-    def mask_grid(self, cfg: dict) -> tuple[int, int]:
-        side = cfg["data"]["img_size"] // cfg["model"]["patch_size"]
-        return side, side
-
-    def encoder_state(self, model: MaskedAutoencoderViT) -> dict[str, torch.Tensor]:
-        return model.encoder_state_dict()
-
-    def eval_encoder(self, cfg: dict, encoder_state: dict, num_classes: int, in_chans: int, feature: str,
-                     drop_path: float = 0.0) -> ViTEncoder:
-        return ViTEncoder.from_state(cfg, encoder_state, num_classes, in_chans, feature, drop_path)
-
-    def flops_per_image(self, model: MaskedAutoencoderViT, ratio: float) -> dict[str, float]:
-        return model.flops_per_image(ratio)

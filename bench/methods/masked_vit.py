@@ -28,7 +28,7 @@ from torch import nn
 
 from bench.core.patches import patchify, unpatchify
 from bench.methods.mae import Attention, init_linear_and_norm, sincos_pos_embed
-from bench.methods.vit import ViTEncoder
+from bench.methods.vit import ViTMethod
 
 
 def transformer_flops(blocks, tokens: int) -> float:
@@ -170,7 +170,7 @@ class MaskedViT(nn.Module):
         return {"encoder": encoder, "decoder": head, "total": encoder + head}
 
 
-class MaskedViTMethod:
+class MaskedViTMethod(ViTMethod):
     """The method interface (bench.methods) of a MaskedViT: built from the resolved config."""
 
     name = "masked_vit"
@@ -183,17 +183,3 @@ class MaskedViTMethod:
                           head=m["head"], decoder=decoder, drop_path=pcfg.get("drop_path", 0.0),
                           loss_on_all=pcfg.get("loss_on") == "all")
         return model
-
-    def mask_grid(self, cfg: dict) -> tuple[int, int]:
-        side = cfg["data"]["img_size"] // cfg["model"]["patch_size"]
-        return side, side
-
-    def encoder_state(self, model: MaskedViT) -> dict[str, torch.Tensor]:
-        return model.encoder_state_dict()
-
-    def eval_encoder(self, cfg: dict, encoder_state: dict, num_classes: int, in_chans: int, feature: str,
-                     drop_path: float = 0.0) -> ViTEncoder:
-        return ViTEncoder.from_state(cfg, encoder_state, num_classes, in_chans, feature, drop_path)
-
-    def flops_per_image(self, model: MaskedViT, ratio: float) -> dict[str, float]:
-        return model.flops_per_image(ratio)

@@ -5,7 +5,8 @@ Every ViT-based method (MAE, BEiT, SimMIM) hands its encoder's weights, under ti
 official code loads a pre-trained checkpoint into timm's ViT. The interface the evals use
 (bench.train.evals.EvalEncoder): `features(x)` (pooled, pre-head), `forward(x)` (logits),
 `num_features`, `layer_id(name)` / `num_layers` for layer-wise lr decay, and
-`freeze_for_partial_finetune(blocks)` (MAE Figure 9).
+`freeze_for_partial_finetune(blocks)` (MAE Figure 9). `ViTMethod` is the part of the method
+interface (bench.methods) those methods share.
 """
 from __future__ import annotations
 
@@ -67,3 +68,23 @@ class ViTEncoder(VisionTransformer):
             tuned = list(self.blocks[len(self.blocks) - int(blocks):])
         for module in tuned + [self.norm, self.fc_norm, self.head]:
             module.requires_grad_(True)
+
+
+class ViTMethod:
+    """The method interface's parts every ViT method shares (MAE, BEiT, SimMIM): masks on the patch
+    grid, the encoder's weights from the model's `encoder_state_dict`, timm's ViT for the evals, and
+    the model's own FLOP count. A method adds its name and `build_model`."""
+
+    def mask_grid(self, cfg: dict) -> tuple[int, int]:
+        side = cfg["data"]["img_size"] // cfg["model"]["patch_size"]
+        return side, side
+
+    def encoder_state(self, model) -> dict[str, torch.Tensor]:
+        return model.encoder_state_dict()
+
+    def eval_encoder(self, cfg: dict, encoder_state: dict, num_classes: int, in_chans: int, feature: str,
+                     drop_path: float = 0.0) -> ViTEncoder:
+        return ViTEncoder.from_state(cfg, encoder_state, num_classes, in_chans, feature, drop_path)
+
+    def flops_per_image(self, model, ratio: float) -> dict[str, float]:
+        return model.flops_per_image(ratio)

@@ -77,15 +77,7 @@ def check_arch(cfg: dict, arch: str) -> None:
         if side > window and side % window:
             raise ConfigError("model.window_size", f"{window} does not tile stage {i + 1}'s {side}x{side} grid; "
                                                    "allowed: a divisor of each stage's side, or at least it")
-    if model["head"] not in (None, "linear"):
-        raise ConfigError("model.head", f"{model['head']!r} is not a head of a Swin preset; allowed: linear")
-    if cfg["evals"]["finetune"]["blocks"] is not None:
-        raise ConfigError("evals.finetune.blocks", "partial fine-tuning counts a ViT's blocks; allowed with a "
-                                                   "Swin preset: null")
-    for section in ("linear_probe", "finetune", "knn"):
-        if cfg["evals"][section]["enabled"] and cfg["evals"][section]["feature"] == "cls":
-            raise ConfigError(f"evals.{section}.feature", "'cls' is not allowed: a Swin has no cls token; "
-                                                          "allowed with a Swin preset: avgpool")
+    _no_vit_only_settings(cfg, "Swin", "linear")
 
 
 def _check_cnn(cfg: dict) -> None:
@@ -130,15 +122,21 @@ def _check_cnn(cfg: dict) -> None:
     if model["decoder_embed_dim"] is None or model["decoder_embed_dim"] % stride:
         raise ConfigError("model.decoder_embed_dim", f"{model['decoder_embed_dim']!r} is not allowed; allowed: a "
                                                      f"multiple of {stride} (the UNet halves it per 2x upsampling)")
-    if model["head"] not in (None, "decoder"):
-        raise ConfigError("model.head", f"{model['head']!r} is not a head of a CNN preset; allowed: decoder")
+    _no_vit_only_settings(cfg, "CNN", "decoder")
+
+
+def _no_vit_only_settings(cfg: dict, kind: str, head: str) -> None:
+    """What only a ViT has, refused for a `kind` preset (Swin, CNN): another head than its one
+    `head`, partial fine-tuning (it counts a ViT's blocks), the cls feature of an enabled eval."""
+    if cfg["model"]["head"] not in (None, head):
+        raise ConfigError("model.head", f"{cfg['model']['head']!r} is not a head of a {kind} preset; allowed: {head}")
     if cfg["evals"]["finetune"]["blocks"] is not None:
         raise ConfigError("evals.finetune.blocks", "partial fine-tuning counts a ViT's blocks; allowed with a "
-                                                   "CNN preset: null")
+                                                   f"{kind} preset: null")
     for section in ("linear_probe", "finetune", "knn"):
         if cfg["evals"][section]["enabled"] and cfg["evals"][section]["feature"] == "cls":
-            raise ConfigError(f"evals.{section}.feature", "'cls' is not allowed: a CNN has no cls token; "
-                                                          "allowed with a CNN preset: avgpool")
+            raise ConfigError(f"evals.{section}.feature", f"'cls' is not allowed: a {kind} has no cls token; "
+                                                          f"allowed with a {kind} preset: avgpool")
 
 
 def check_loss(cfg: dict) -> None:
