@@ -56,6 +56,7 @@ class DatasetEntry:
     identify: str = ""  # "module:function", called as (name, data_root) -> (folder read, identity's content)
     count: str = ""  # "module:function", called as (name, data_root, split) -> (images in split or None, where)
     default_identity: str | None = None  # the digest left out of the run id (bench.study.run_ids.hashed_part)
+    video: bool = False  # clips (uint8 B×C×T×H×W, T = data.frames), not images
 
 
 @dataclass(frozen=True)
@@ -71,15 +72,16 @@ _augmentations = registry.Registry("augmentation", "data.augmentation")
 def register_dataset(name: str, load: str, stats: tuple, folders: tuple = (), how_to_get: str = "",
                      test_split: str = "test", doc: str = "", channels: int | None = None,
                      check: str = "", identify: str = "", count: str = "",
-                     default_identity: str | None = None) -> DatasetEntry:
+                     default_identity: str | None = None, video: bool = False) -> DatasetEntry:
     """File the dataset `name`, read by the "module:function" `load`; `check` ("module:function",
     called as (name, data_root)) looks at its files before anything runs, `identify` says which
     files they are (bench.data.identity), `count` how many images a split holds (for the check of
     a limit). `default_identity`: the digest of the copy most runs read (left out of run ids).
+    `video`: its samples are clips of data.frames frames (bench.data.video), not images.
     `channels` defaults to the number of per-channel means in `stats`."""
     channels = len(stats[0]) if channels is None else channels
     return _datasets.add(name, DatasetEntry(name, load, stats, tuple(folders), how_to_get, test_split, doc,
-                                            channels, check, identify, count, default_identity))
+                                            channels, check, identify, count, default_identity, video))
 
 
 def list_datasets() -> tuple[str, ...]:
