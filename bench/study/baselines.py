@@ -5,7 +5,9 @@
     raw_pixels    the linear probe's recipe (and k-NN) on the raw pixels; no fine-tune
 
 A baseline's config is a run's config with `baseline` set and what it does not use put back to
-the defaults — masking, pre-training, the decoder or head — so every setting of a study (and every study
+the defaults — masking, pre-training, the decoder or head —, every block fine-tuned and the
+linear probe on (a study that probes none of its settings, MAE Figure 9, still shows all three
+baselines, at the recipe's probe), so every setting of a study (and every study
 with the same model, data, evals and seed) shares one baseline run per seed. Their results are
 also kept in the shared cache (`results/_cache/baselines`): a study pays for a baseline once.
 A spec asks for them with `baselines: true` (every committed spec does: the quickstart, the
@@ -31,6 +33,7 @@ def baseline_config(config: dict, kind: str) -> dict:
     partial["model"]["mask_token_in_encoder"] = False
     partial["model"]["head"] = None  # the method's: no head is used either
     partial["evals"]["finetune"]["blocks"] = None  # from scratch, every block trains (MAE Fig. 9's runs share it)
+    partial["evals"]["linear_probe"]["enabled"] = True  # at the recipe's probe, also where the settings skip it
     if kind == "raw_pixels":
         partial["evals"]["finetune"]["enabled"] = False  # a linear classifier is the probe's recipe
     return resolve(partial)
@@ -41,8 +44,6 @@ def baseline_runs(runs: list, make_run) -> list:
     out, seen = [], set()
     for run in runs:
         for kind in BASELINES:
-            if kind == "raw_pixels" and not any(run.config["evals"][e]["enabled"] for e in ("linear_probe", "knn")):
-                continue  # the pixels are only probed: with no probe (MAE Fig. 9) there is nothing to run
             config = baseline_config(run.config, kind)
             rid = run_id(config)
             if rid not in seen:
