@@ -89,7 +89,8 @@ def test_batches_order_depends_only_on_seed_and_epoch():
 def test_registries_list_datasets_and_augmentations_and_import_no_torch():
     import subprocess
     import sys
-    assert list_datasets() == ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+    assert list_datasets() == ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "synthetic",
+                               "moving_fashion_mnist", "videofolder")
     assert list_augmentations() == ("none", "crop_fixed", "crop_rand", "crop_color")
     code = "import sys, bench.data; bench.data.list_datasets(); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -110,7 +111,8 @@ def test_each_dataset_says_its_channels_and_the_check_before_a_run_imports_no_to
     import sys
     from bench.data import dataset_entry
     assert {name: dataset_entry(name).channels for name in list_datasets()} == {
-        "fashion_mnist": 1, "cifar10": 3, "cifar100": 3, "imagefolder": 3, "synthetic": 3}
+        "fashion_mnist": 1, "cifar10": 3, "cifar100": 3, "imagefolder": 3, "synthetic": 3,
+        "moving_fashion_mnist": 1, "videofolder": 3}
     for prefix, n in (("train", 3), ("t10k", 2)):
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", np.zeros((n, 28, 28)))
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n))

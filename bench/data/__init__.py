@@ -8,6 +8,14 @@ Datasets are read from files already on the machine — nothing is downloaded:
     imagefolder    an ImageNet-style tree: <root>/train/<class>/*.JPEG and <root>/val/<class>/...
     synthetic      10 classes of oriented gratings, generated in memory (for tests)
 
+and two video datasets (bench.data.video; `video=True`, clips of data.frames frames every
+data.frame_stride frames, uint8 B×C×T×H×W):
+
+    moving_fashion_mnist  Fashion-MNIST garments moving on a 32 px torus, labelled by the direction
+                          of motion (8), generated in memory from the fashion_mnist IDX files
+    videofolder           <root>/{train,val}/<class>/<clip>.mp4 (UCF101, Kinetics), or VideoMAE's
+                          list files <root>/{train,val}.csv of videos or frames folders (SSv2)
+
 Each entry names its loader as "module:function" (bench.data.datasets), imported by
 `create_dataset` on first use, and holds the facts about the dataset that the loader and the
 run need: where it is looked for, how to get it, its channels, its per-channel mean and std.
@@ -97,15 +105,26 @@ def create_dataset(data_cfg: dict, split: str, data_root: str | None = None):
     """The `split` ('train' or 'test') of the dataset in the run config's `data` section: an
     ImageSet (in memory) or an ImageFolderSet (streamed), loaded once per process and argument set
     (its `identity` included: files identified as changed are read again). A limit draws the
-    seeded, class-stratified subset of bench.data.subset."""
+    seeded, class-stratified subset of bench.data.subset. A video dataset (entry.video) is given
+    data.frames and data.frame_stride and returns clips (its `frames` is T); data.frames is null
+    for an image dataset and set for a video dataset (a one-line ConfigError otherwise)."""
     name = data_cfg["name"]
     if name not in _datasets:
         raise ConfigError("data.name", f"{name!r} is not allowed; allowed: one of {', '.join(_datasets)}")
+    entry, frames = _datasets.get(name), data_cfg.get("frames")
+    if entry.video and frames is None:
+        raise ConfigError("data.frames", f"null is not allowed for {name}, a video dataset; allowed: the frames "
+                                         "per clip, an integer at least 1")
+    if not entry.video and frames is not None:
+        video_sets = ", ".join(n for n in _datasets if _datasets.get(n).video)
+        raise ConfigError("data.frames", f"{frames!r} is not allowed for {name}, an image dataset; allowed: null "
+                                         f"(or a video dataset: {video_sets})")
+    video = (frames, data_cfg.get("frame_stride", 1)) if entry.video else ()
     limit = data_cfg.get("train_limit") if split == "train" else data_cfg.get("test_limit")
-    split_name = "train" if split == "train" else _datasets.get(name).test_split
+    split_name = "train" if split == "train" else entry.test_split
     load_size = round(data_cfg["img_size"] * 8 / 7)  # ImageNet's 256 for 224 px crops
     return registry.load("bench.data.datasets:load_cached")(name, split_name, data_root, limit, load_size,
-                                                            data_cfg.get("identity"))
+                                                            data_cfg.get("identity"), *video)
 
 
 def identify(data_cfg: dict, data_root: str | None) -> dict:
@@ -239,6 +258,27 @@ register_dataset(
     "synthetic", "bench.data.datasets:load_synthetic", ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), channels=3,
     doc="10 classes of oriented colour gratings, generated in memory (for tests)",
     identify="bench.data.identity:identify_synthetic", count="bench.data.files:count_synthetic")
+
+register_dataset(
+    "moving_fashion_mnist", "bench.data.video:load_moving_fashion_mnist", ((0.0712,), (0.2024,)), channels=1,
+    # the mean and std of all pixels of all 16 raw frames of the generated train split; to recompute:
+    #   python3 -c "from bench.data import create_dataset as c; x = c({'name': 'moving_fashion_mnist', \
+    #   'img_size': 32, 'frames': 16}, 'train').images.double() / 255; print(x.mean(), x.std())"
+    check="bench.data.files:check_fashion_mnist", folders=("fashion-mnist", "fashion_mnist", "FashionMNIST/raw"),
+    how_to_get="install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
+               "or put the four *-idx?-ubyte[.gz] files in a folder and pass --data-root",
+    doc="clips of a Fashion-MNIST garment moving on a 32 px torus, grey, 16 frames; 8 classes: the direction of "
+        "motion (generated from Fashion-MNIST's IDX files, bench.data.video)",
+    identify="bench.data.identity:identify_moving_fashion_mnist",
+    count="bench.data.files:count_moving_fashion_mnist", video=True)
+register_dataset(
+    "videofolder", "bench.data.video:load_videofolder", ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    channels=3, check="bench.data.files:check_videofolder", test_split="val",
+    how_to_get="pass the folder holding train/ and val/ class folders of clips, or the list files train.csv "
+               "and val.csv, with --data-root",
+    doc="clips: <root>/{train,val}/<class>/*.mp4|webm|avi|mkv, or VideoMAE's list files of videos or frames "
+        "folders; decoded (PyAV) in DataLoader workers and resized",
+    identify="bench.data.identity:identify_videofolder", count="bench.data.files:count_videofolder", video=True)
 
 # ----------------------------------------------------------------------------- augmentations
 register_augmentation("none", doc="the whole image, resized to the model's input")

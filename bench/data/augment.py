@@ -4,6 +4,11 @@ model runs on: none, crop_fixed, crop_rand (MAE's default), crop_color.
 Each sample's crop is an affine map, so a whole batch is cropped, flipped and resized by one
 `affine_grid` + `grid_sample` (bilinear) — no per-sample Python loop, no CPU data workers.
 Randomness comes only from the torch.Generator passed in.
+
+Clips (B×C×T×H×W, bench.data.video) draw what a batch of B images draws — the same numbers in
+the same order — and every frame of a clip gets its clip's crop, flip and color jitter: the
+frames are folded into the channels for the crop, into the batch for the jitter (whose contrast
+is about each frame's mean grey, as torchvision's on videos). Images behave as before.
 """
 from __future__ import annotations
 
@@ -63,9 +68,19 @@ def crop_params(n: int, preset: str, generator: torch.Generator, device) -> torc
 
 
 def color_jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast and saturation, each a factor uniform in [1-0.4, 1+0.4] per sample."""
+    """Brightness, contrast and saturation, each a factor uniform in [1-0.4, 1+0.4] per sample
+    (per clip of B×C×T×H×W clips: the same factors for all its frames)."""
     n = x.shape[0]
     factors = _uniform(3 * n, 1 - JITTER, 1 + JITTER, generator, x.device).view(3, n, 1, 1, 1)
+    if x.dim() == 5:  # clips: frames into the batch, each frame with its clip's factors
+        b, c, t, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+        out = _jitter(frames, factors.repeat_interleave(t, dim=1))
+        return out.view(b, t, c, h, w).transpose(1, 2).contiguous()
+    return _jitter(x, factors)
+
+
+def _jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     x = (x * factors[0]).clamp(0, 1)
     gray = x.mean(dim=1, keepdim=True) if x.shape[1] == 1 else \
         (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
@@ -76,17 +91,23 @@ def color_jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def augment(images: torch.Tensor, preset: str, out_size: int, generator: torch.Generator | None) -> torch.Tensor:
-    """uint8 B×C×H×W → float B×C×out×out in [0, 1], augmented by `preset`."""
+    """uint8 B×C×H×W → float B×C×out×out in [0, 1], augmented by `preset`; clips B×C×T×H×W →
+    B×C×T×out×out, every frame of a clip augmented alike."""
     if not is_augmentation(preset):
         raise ValueError(f"augmentation {preset!r} is not one of {', '.join(list_augmentations())}")
     x = images.float().div_(255)
+    clips = x.shape if x.dim() == 5 else None
+    if clips is not None:  # frames into channels: one crop per clip
+        x = x.reshape(clips[0], clips[1] * clips[2], clips[3], clips[4])
     if preset == "none":
-        if x.shape[-1] == out_size and x.shape[-2] == out_size:
-            return x
-        return F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
-    theta = crop_params(x.shape[0], preset, generator, x.device)
-    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], out_size, out_size], align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if x.shape[-1] != out_size or x.shape[-2] != out_size:
+            x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
+    else:
+        theta = crop_params(x.shape[0], preset, generator, x.device)
+        grid = F.affine_grid(theta, [x.shape[0], x.shape[1], out_size, out_size], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if clips is not None:
+        x = x.view(clips[0], clips[1], clips[2], out_size, out_size)
     if preset == "crop_color":
         x = color_jitter(x, generator)
     return x
@@ -96,10 +117,11 @@ _STATS_CACHE: dict = {}
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """(x - mean) / std per channel."""
-    key = (tuple(mean), tuple(std), str(x.device))
+    """(x - mean) / std per channel (dimension 1) of images B×C×H×W or clips B×C×T×H×W."""
+    key = (tuple(mean), tuple(std), str(x.device), x.dim())
     if key not in _STATS_CACHE:
-        _STATS_CACHE[key] = (torch.tensor(mean, device=x.device).view(1, -1, 1, 1),
-                             torch.tensor(std, device=x.device).view(1, -1, 1, 1))
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        _STATS_CACHE[key] = (torch.tensor(mean, device=x.device).view(shape),
+                             torch.tensor(std, device=x.device).view(shape))
     m, s = _STATS_CACHE[key]
     return (x - m) / s

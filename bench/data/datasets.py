@@ -42,7 +42,7 @@ def batch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class ImageSet:
-    """An in-memory labelled image set: uint8 images N×C×H×W and int64 labels."""
+    """An in-memory labelled image set: uint8 images N×C×H×W (or clips N×C×T×H×W) and int64 labels."""
 
     def __init__(self, name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int):
         self.name, self.images, self.labels, self.num_classes = name, images, labels, num_classes
@@ -56,6 +56,11 @@ class ImageSet:
     @property
     def size(self) -> int:
         return self.images.shape[-1]
+
+    @property
+    def frames(self) -> int | None:
+        """T of clips N×C×T×H×W; None for images."""
+        return self.images.shape[2] if self.images.dim() == 5 else None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -185,6 +190,7 @@ class ImageFolderSet:
         self.labels = torch.tensor([lab for _, lab in samples], dtype=torch.int64)
 
     channels = 3
+    frames = None  # images, not clips
 
     @property
     def size(self) -> int:
@@ -343,7 +349,11 @@ def make_synthetic(split: str, n: int | None = None, size: int = 32) -> tuple[np
 
 @functools.lru_cache(maxsize=8)
 def load_cached(name: str, split: str, data_root: str | None, limit: int | None,
-                load_size: int, identity: str | None = None) -> ImageSet | ImageFolderSet:
+                load_size: int, identity: str | None = None, frames: int | None = None,
+                frame_stride: int = 1) -> ImageSet | ImageFolderSet:
     """The registered loader's data set, loaded once per argument set (bench.data.create_dataset);
-    `identity` (the data's digest) only keys the cache: files that changed are read again."""
-    return registry.load(dataset_entry(name).load)(name, split, data_root, limit=limit, load_size=load_size)
+    `identity` (the data's digest) only keys the cache: files that changed are read again. A video
+    dataset's loader is also given `frames` and `frame_stride` (bench.data.video)."""
+    entry = dataset_entry(name)
+    video = {"frames": frames, "frame_stride": frame_stride} if entry.video else {}
+    return registry.load(entry.load)(name, split, data_root, limit=limit, load_size=load_size, **video)

@@ -1,6 +1,7 @@
 """The files of each dataset, looked at before anything runs (torch-free): the per-dataset checks
 and counts that the registry entries name (`check`, `count`), the IDX header reader, and the
-ImageFolder split and image rules. Each problem is one ConfigError line naming the file.
+ImageFolder split and image rules, and the same for the video datasets (bench.data.video): the
+videofolder layouts and their list files. Each problem is one ConfigError line naming the file.
 """
 from __future__ import annotations
 
@@ -243,9 +244,11 @@ def class_folders(folder: Path) -> list[str]:
                           str(folder)) from None
 
 
-def walk_images(folder: Path, sizes: bool = False) -> list[tuple[str, int | None]]:
-    """Every image under `folder` (sub-folders too, symbolic links followed once, as torchvision's
-    ImageFolder does), as (path relative to `folder`, size in bytes or None), sorted by path."""
+def walk_images(folder: Path, sizes: bool = False,
+                extensions: tuple = IMAGE_EXTENSIONS) -> list[tuple[str, int | None]]:
+    """Every image (file ending in one of `extensions`) under `folder` (sub-folders too, symbolic
+    links followed once, as torchvision's ImageFolder does), as (path relative to `folder`, size in
+    bytes or None), sorted by path."""
     out: list[tuple[str, int | None]] = []
     seen = {os.path.realpath(folder)}
 
@@ -259,7 +262,7 @@ def walk_images(folder: Path, sizes: bool = False) -> list[tuple[str, int | None
                     if real not in seen:
                         seen.add(real)
                         walk(e.path, f"{rel}{e.name}/")
-                elif e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
+                elif e.name.lower().endswith(extensions) and e.is_file():
                     out.append((rel + e.name, e.stat().st_size if sizes else None))
         except OSError as err:
             raise ConfigError("imagefolder", f"cannot be listed ({_one_line(err)}); expected a folder of images",
@@ -269,13 +272,136 @@ def walk_images(folder: Path, sizes: bool = False) -> list[tuple[str, int | None
     return out
 
 
-def list_split(folder: Path, sizes: bool = False) -> tuple[list[str], list[tuple[str, str, int | None]]]:
-    """A split folder's class names (sorted) and its images as (class, path relative to the split
-    folder, size or None), class by class, each class's images sorted by path: one walk."""
+def list_split(folder: Path, sizes: bool = False,
+               extensions: tuple = IMAGE_EXTENSIONS) -> tuple[list[str], list[tuple[str, str, int | None]]]:
+    """A split folder's class names (sorted) and its images (or clips: `extensions`) as (class, path
+    relative to the split folder, size or None), class by class, each class's sorted by path: one walk."""
     classes = class_folders(folder)
-    images = [(cls, f"{cls}/{rel}", size) for cls in classes for rel, size in walk_images(folder / cls, sizes)]
+    images = [(cls, f"{cls}/{rel}", size) for cls in classes
+              for rel, size in walk_images(folder / cls, sizes, extensions)]
     return classes, images
 
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
+
+
+# ----------------------------------------------------------------------------- video datasets (bench.data.video)
+# What bench.data.video.make_moving_fashion_mnist draws (part of the data identity: bench.data.identity)
+MOVING_FASHION_MNIST = {"canvas": 32, "garment": 16, "raw_frames": 16, "directions": 8, "speed": (1.0, 2.0),
+                        "clips": {"train": 10_000, "test": 2_000}, "seeds": {"train": 0, "test": 1}}
+
+
+def count_moving_fashion_mnist(name: str, data_root: str | None, split: str) -> tuple[int, str]:
+    return MOVING_FASHION_MNIST["clips"]["train" if split == "train" else "test"], "the generated set"
+
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov")
+VIDEO_LIST_SUFFIXES = (".csv", ".txt")  # <root>/<split>.csv or .txt: VideoMAE's list files (space-separated)
+FRAME_TEMPLATE, FRAME_START = "img_{:05d}.jpg", 1  # a frames folder's files, VideoMAE's: img_00001.jpg, ...
+
+
+def video_list_file(root: Path, split: str) -> Path | None:
+    """<root>/<split>.csv or <root>/<split>.txt, the first that exists; None when neither does."""
+    return next((root / f"{split}{s}" for s in VIDEO_LIST_SUFFIXES if (root / f"{split}{s}").is_file()), None)
+
+
+def videofolder_root(name: str, data_root: str | None) -> Path:
+    """The first search root (or its standard sub-folder) holding train.csv, train.txt or train/."""
+    roots, entry = search_roots(data_root), dataset_entry(name)
+    for folder in (r / sub for r in roots for sub in ("", *entry.folders)):
+        if video_list_file(folder, "train") is not None or (folder / "train").is_dir():
+            return folder
+    raise ConfigError("data.name", f"{name}: no train.csv, train.txt or train/ folder under "
+                                   f"{', '.join(map(str, roots))}; {entry.how_to_get}")
+
+
+def read_video_list(name: str, path: Path) -> list[tuple[str, int | None, int]]:
+    """The lines of a list file as (path, frames, label): `<video file> <label>` (frames None) or
+    `<frames folder> <number of frames> <label>` (VideoMAE's VideoClsDataset and RawFrameClsDataset
+    lists). Paths are relative to the list's folder (or absolute) and hold no spaces; empty lines and
+    lines starting with # are skipped. A bad line is one ConfigError naming file and line."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise _bad_file(name, path, f"cannot be read ({_one_line(err)}); expected a list of clips") from None
+    out = []
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) in (2, 3) and all(f.isdigit() for f in fields[1:]) and (len(fields) == 2 or int(fields[1])):
+            out.append((fields[0], int(fields[1]) if len(fields) == 3 else None, int(fields[-1])))
+        else:
+            raise ConfigError(name, f"line {' '.join(fields)[:80]!r} is not a clip; expected '<video file> <label>' or "
+                                    "'<frames folder> <number of frames, at least 1> <label>', labels 0, 1, ...",
+                              f"{path}:{number}")
+    if not out:
+        raise _bad_file(name, path, "lists no clips; expected one '<video file> <label>' or "
+                                    "'<frames folder> <number of frames> <label>' line per clip")
+    return out
+
+
+def videofolder_samples(name: str, data_root: str | None, split: str) -> tuple[int, list[tuple[str, int | None, int]],
+                                                                              Path]:
+    """(number of classes, [(path, frames or None, label)], where) of a videofolder split. With a
+    list file (<root>/train.csv or .txt), both splits are list files and the classes are train's
+    largest label + 1; otherwise both are class folders, labelled by train/'s sorted class folders."""
+    root = videofolder_root(name, data_root)
+    train_list = video_list_file(root, "train")
+    if train_list is not None:
+        where = video_list_file(root, split)
+        if where is None:
+            raise ConfigError("data.name", f"{name}: {root} has {train_list.name} but no {split}.csv or {split}.txt; "
+                                           "expected a list file per split")
+        classes = 1 + max(label for _, _, label in read_video_list(name, train_list))
+        samples = [(str(root / p), frames, label) for p, frames, label in read_video_list(name, where)]
+        bad = next((s for s in samples if s[2] >= classes), None)
+        if bad is not None:
+            raise _bad_file(name, where, f"gives {bad[0]} label {bad[2]}; expected labels 0..{classes - 1}, those of "
+                                         f"{train_list.name}")
+        return classes, samples, where
+    where = root / split
+    if not where.is_dir():
+        raise ConfigError("data.name", f"{name}: no {split}/ folder in {root}; expected train/ and {split}/ class "
+                                       "folders of clips")
+    classes = class_folders(root / "train")
+    index = {cls: i for i, cls in enumerate(classes)}
+    folder_classes, clips = list_split(where, extensions=VIDEO_EXTENSIONS)
+    strange = [cls for cls in folder_classes if cls not in index]
+    if strange:
+        raise _bad_file(name, where / strange[0], "is a class folder that train/ lacks; expected only classes of "
+                                                  "train/ (labels are the sorted positions of train/'s class folders)")
+    return len(classes), [(str(where / path), None, index[cls]) for cls, path, _ in clips], where
+
+
+def clip_first_file(path: str, frames: int | None) -> Path:
+    """The file a clip starts with: the video file, or a frames folder's first frame."""
+    return Path(path) if frames is None else Path(path) / FRAME_TEMPLATE.format(FRAME_START)
+
+
+def check_videofolder(name: str, data_root: str | None) -> None:
+    """Both splits list at least one clip; every class folder of train/ holds one; val's labels are
+    train's; the first file of up to 8 clips spread over each split exists (nothing is decoded)."""
+    for split in ("train", dataset_entry(name).test_split):
+        _, samples, where = videofolder_samples(name, data_root, split)
+        if not samples:
+            raise _bad_file(name, where, f"holds no clip; expected files ending in {', '.join(VIDEO_EXTENSIONS)} in "
+                                         "its class folders")
+        if split == "train" and where.is_dir():
+            empty = sorted(set(class_folders(where)) - {Path(p).relative_to(where).parts[0] for p, _, _ in samples})
+            if empty:
+                raise _bad_file(name, where / empty[0], f"holds no clip; expected at least one file ending in "
+                                                        f"{', '.join(VIDEO_EXTENSIONS)} in every class folder")
+        n, k = len(samples), min(8, len(samples))
+        for i in sorted({round(j * (n - 1) / (k - 1)) for j in range(k)} if k > 1 else {0}):
+            first = clip_first_file(samples[i][0], samples[i][1])
+            if not first.is_file():
+                what = "a video file" if samples[i][1] is None else f"a frames folder's first frame, {first.name}"
+                raise _bad_file(name, first, f"is missing (a clip of {where}); expected {what}")
+
+
+def count_videofolder(name: str, data_root: str | None, split: str) -> tuple[int, Path]:
+    """The clips of a split (one listing of its folder, or its list file's lines)."""
+    _, samples, where = videofolder_samples(name, data_root, split)
+    return len(samples), where

@@ -7,11 +7,16 @@ read, plus one listing of an ImageFolder tree):
     files     (IDX, pickle datasets) one entry per file the loader reads, sorted by name:
               {"name": file name, "bytes": its size, "sample_sha256": SHA-256 of its first, middle
               and last SAMPLE_BYTES (of all of it when smaller than three of those)}
-    splits    (imagefolder) per split folder (train, val): {"classes", "images", "listing_sha256":
+    splits    (imagefolder; a videofolder of class folders: clips for images) per split folder
+              (train, val): {"classes", "images", "listing_sha256":
               SHA-256 of every image's path relative to the split folder and its size, one sorted
               "path<TAB>bytes" line each, "sample_sha256": SHA-256 of the first SAMPLE_BYTES of
               FOLDER_SAMPLE_IMAGES images spread evenly over the listing}
-    generator (synthetic) {"name", "version"}: generated data is what its generator makes
+    generator (synthetic) {"name", "version"}: generated data is what its generator makes;
+              (moving_fashion_mnist) {"name", "version", "params"}, beside the `files` it draws from
+    lists     (videofolder with list files) per split: {"list": the list file's `files` entry,
+              "sample_sha256": SHA-256 of the first SAMPLE_BYTES of the first file of
+              FOLDER_SAMPLE_IMAGES clips spread evenly over the list}
     limits    {"train": data.train_limit, "test": data.test_limit}
     subset    None without limits; with one, the rule that draws the subset (SUBSET_RULE)
     digest    12 hex digits of the SHA-256 of all of the above (bench.core.hashing.digest)
@@ -25,6 +30,7 @@ runs on other data, or on a subset, get new ids.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from bench.core.errors import ConfigError
@@ -64,9 +70,11 @@ def file_sample(path: Path, name: str) -> dict:
 
 # ----------------------------------------------------------------------------- ImageFolder trees
 # (listed by bench.data.files: class_folders, walk_images, list_split)
-def folder_split_identity(folder: Path) -> dict:
-    """{"classes", "images", "listing_sha256", "sample_sha256"} of one ImageFolder split."""
-    classes, images = list_split(folder, sizes=True)
+def folder_split_identity(folder: Path, extensions: tuple | None = None) -> dict:
+    """{"classes", "images", "listing_sha256", "sample_sha256"} of one ImageFolder split (of the
+    files ending in `extensions`, images by default)."""
+    classes, images = list_split(folder, sizes=True) if extensions is None else \
+        list_split(folder, sizes=True, extensions=extensions)
     listing = hashlib.sha256("".join(f"{path}\t{size}\n" for _, path, size in images).encode())
     n, k = len(images), min(FOLDER_SAMPLE_IMAGES, len(images))
     picks = sorted({round(i * (n - 1) / (k - 1)) for i in range(k)}) if k > 1 else list(range(k))
@@ -127,6 +135,48 @@ SYNTHETIC_VERSION = 1  # bump when bench.data.datasets.make_synthetic makes othe
 
 def identify_synthetic(name: str, data_root: str | None) -> tuple[None, dict]:
     return None, {"generator": {"name": "bench.data.datasets:make_synthetic", "version": SYNTHETIC_VERSION}}
+
+
+MOVING_FASHION_MNIST_VERSION = 1  # bump when bench.data.video.make_moving_fashion_mnist makes other clips
+
+
+def identify_moving_fashion_mnist(name: str, data_root: str | None) -> tuple[Path, dict]:
+    """The Fashion-MNIST files the clips are drawn from, and the generator that draws them."""
+    from bench.data.files import MOVING_FASHION_MNIST
+
+    folder, content = identify_fashion_mnist(name, data_root)
+    generator = {"name": "bench.data.video:make_moving_fashion_mnist", "version": MOVING_FASHION_MNIST_VERSION,
+                 "params": dict(MOVING_FASHION_MNIST)}
+    return folder, {**content, "generator": generator}
+
+
+def identify_videofolder(name: str, data_root: str | None) -> tuple[Path, dict]:
+    """Class folders: like an ImageFolder's splits, of clips. List files: each list file, and a
+    sample of the clips it lists (the first bytes of their first file)."""
+    from bench.data import dataset_entry
+    from bench.data.files import (VIDEO_EXTENSIONS, clip_first_file, video_list_file, videofolder_root,
+                                  videofolder_samples)
+
+    root = videofolder_root(name, data_root)
+    splits = ("train", dataset_entry(name).test_split)
+    if video_list_file(root, "train") is None:
+        return root, {"splits": {split: folder_split_identity(root / split, VIDEO_EXTENSIONS) for split in splits}}
+    lists = {}
+    for split in splits:
+        _, samples, where = videofolder_samples(name, data_root, split)
+        n, k = len(samples), min(FOLDER_SAMPLE_IMAGES, len(samples))
+        sample = hashlib.sha256()
+        for i in sorted({round(j * (n - 1) / (k - 1)) for j in range(k)}) if k > 1 else range(k):
+            first = clip_first_file(*samples[i][:2])
+            try:
+                with open(first, "rb") as f:
+                    head = f.read(SAMPLE_BYTES)
+            except OSError as err:
+                raise ConfigError(name, f"cannot be read ({_one_line(err)}); expected a clip's first file",
+                                  str(first)) from None
+            sample.update(os.path.relpath(first, root).encode() + b"\0" + hashlib.sha256(head).digest())
+        lists[split] = {"list": file_sample(where, where.name), "sample_sha256": sample.hexdigest()}
+    return root, {"lists": lists}
 
 
 # ----------------------------------------------------------------------------- the identity
