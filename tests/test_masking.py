@@ -105,8 +105,13 @@ def test_tube_masks_are_identical_across_frames():
     assert (mask == mask[:, :1]).all()
     assert (mask.sum(-1) == masking.num_masked(196, 0.9)).all()
     assert not (mask[0, 0] == mask[1, 0]).all()
-    framewise = masking.generate("random", 8, (14, 14), 0.9, {}, torch.Generator().manual_seed(0), frames=8)
-    assert not (framewise == framewise[:, :1]).all()  # other strategies mask each frame anew
+    block = masking.resolve_params("block", {}, 0.9, (14, 14))
+    framewise = masking.generate("block", 8, (14, 14), 0.9, block, torch.Generator().manual_seed(0), frames=8)
+    assert not (framewise == framewise[:, :1]).all()  # other strategies mask each frame anew, exactly
+    assert (framewise.sum(-1) == masking.num_masked(196, 0.9)).all()
+    joint = masking.generate("random", 8, (14, 14), 0.9, {}, torch.Generator().manual_seed(0), frames=8)
+    assert not (joint == joint[:, :1]).all()  # random: one draw over all frames' tokens (VideoMAE's)
+    assert (joint.flatten(1).sum(1) == masking.num_masked(8 * 196, 0.9)).all()
 
 
 def test_coarse_masks_whole_cells():
@@ -129,7 +134,7 @@ def test_random_masking_covers_positions_uniformly():
 
 def test_bad_strategy_or_parameter_is_a_one_line_error():
     with pytest.raises(ConfigError, match=r"masking.strategy: 'spiral' is not allowed; allowed: random, block, grid, "
-                                          r"walker, tube, coarse, none, multi$"):
+                                          r"walker, tube, coarse, none, frame, multi$"):
         masking.resolve_params("spiral", {}, 0.75, (8, 8))
     with pytest.raises(ConfigError, match=r"masking.params.min_aspect: 0.0 is out of range"):
         masking.resolve_params("block", {"min_aspect": 0.0}, 0.75, (8, 8))

@@ -4,7 +4,8 @@
     block.py    block (BEiT: rectangles of random area and aspect ratio)
     grid.py     grid (MAE Table 1f: keep one patch of every a×b cell)
     walker.py   walker (a random walk masking what it visits)
-    compose.py  tube (VideoMAE: one spatial mask for every frame), multi (a strategy per sample)
+    compose.py  tube (VideoMAE: one spatial mask for every frame), frame (VideoMAE Table 1b: whole
+                frames), multi (a strategy per sample)
     ratios.py   num_masked and the grid cells, pure Python
     counts.py   exact_count (trim or top up to the count) and numpy_rng, shared by the families
 
@@ -12,8 +13,10 @@ Every strategy returns a B×L boolean mask (True = masked, L = grid height × wi
 with exactly `num_masked(L, ratio)` masked patches in every sample, so MAE's gather of the
 visible tokens works for all of them — except `none`, which hides nothing (BEiT's "− masking").
 Randomness comes only from the torch.Generator passed in: the same seed gives the same masks.
-With `frames=T`, `generate` returns B×T×L: tube repeats one spatial mask over the frames, every
-other strategy masks each frame independently.
+With `frames=T` (a clip's T time steps of tokens), `generate` returns B×T×L, as VideoMAE
+(Table 1b) compares them: tube repeats one spatial mask over the frames; random is uniform over
+all T·L space-time tokens, num_masked(T·L) per clip; frame masks num_masked(T) whole frames (it
+needs frames: a ConfigError without); every other strategy masks each frame independently.
 
 This module imports neither torch nor NumPy: an entry names its generate function as
 "module:function" (imported on first use) and checks its parameters in pure Python, so
@@ -57,6 +60,7 @@ class Strategy:
 
 
 _STRATEGIES = Registry("masking strategy", "masking.strategy")
+TEMPORAL = ("frame",)  # strategies that mask over time only: they need frames
 
 
 def register_strategy(name: str, generate: str | Callable, defaults: dict | None = None,
@@ -74,9 +78,10 @@ def create_strategy(name: str) -> Strategy:
     return _STRATEGIES.get(name)
 
 
-def list_strategies() -> tuple[str, ...]:
-    """The strategies' names, in registration order."""
-    return _STRATEGIES.names()
+def list_strategies(video: bool = False) -> tuple[str, ...]:
+    """The strategies that mask single images, in registration order — what galleries, benchmarks
+    and loops over strategies draw; `video=True` adds those that need frames (TEMPORAL: frame)."""
+    return tuple(s for s in _STRATEGIES.names() if video or s not in TEMPORAL)
 
 
 def resolve_params(name: str, params: dict, ratio: float, grid_hw: tuple[int, int], _prefix: str = "") -> dict:
@@ -117,17 +122,27 @@ def generate(name: str, batch: int, grid_hw: tuple[int, int], ratio: float, para
              ) -> torch.Tensor:
     """A B×L boolean mask (True = masked) with exactly num_masked(L, ratio) True per row.
 
-    With `frames`, a B×T×L mask: tube repeats one spatial mask, the others mask frames independently.
+    With `frames`, a B×T×L mask: tube repeats one spatial mask; random draws num_masked(T·L) of
+    the space-time tokens; frame masks num_masked(T) whole frames; the others mask frames independently.
     """
     import torch
 
     device = torch.device(device)
     make = _STRATEGIES.get(name).generate
+    grid_hw = tuple(grid_hw)
+    length = grid_hw[0] * grid_hw[1]
+    if name in TEMPORAL and frames is None:
+        raise ConfigError("masking.strategy", f"{name!r} masks whole frames: needs video: data.frames; "
+                                              f"allowed on images: {', '.join(list_strategies())}")
     if frames is None:
-        return make(batch, tuple(grid_hw), ratio, params, generator, device)
-    if name == "tube":
-        return make(batch, tuple(grid_hw), ratio, params, generator, device).unsqueeze(1).expand(-1, frames, -1)
-    return make(batch * frames, tuple(grid_hw), ratio, params, generator, device).view(batch, frames, -1)
+        return make(batch, grid_hw, ratio, params, generator, device)
+    if name == "tube":  # one spatial mask, repeated
+        return make(batch, grid_hw, ratio, params, generator, device).unsqueeze(1).expand(-1, frames, -1)
+    if name == "random":  # uniform over the T·L space-time tokens
+        return make(batch, (frames * grid_hw[0], grid_hw[1]), ratio, params, generator, device).view(batch, frames, -1)
+    if name == "frame":  # a mask over the T frames, each spread over its L tokens
+        return make(batch, (frames, 1), ratio, params, generator, device).unsqueeze(2).expand(-1, -1, length)
+    return make(batch * frames, grid_hw, ratio, params, generator, device).view(batch, frames, -1)
 
 
 def exact_count(mask: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -138,7 +153,8 @@ def exact_count(mask: torch.Tensor, count: int, generator: torch.Generator) -> t
 
 
 # ----------------------------------------------------------------------------- parameter checks
-_COMPOSED = ("tube", "multi", "none")  # built from others (neither can contain the other), or hiding nothing
+_COMPOSED = ("tube", "multi", "none") + TEMPORAL  # built from others (neither can contain the other),
+#                                                   hiding nothing, or over time: no part of tube or multi
 
 
 def _as_float(key: str, value: int) -> float:
@@ -239,7 +255,8 @@ def _check_multi(out: dict, ratio: float, grid_hw, prefix: str) -> dict:
 # ----------------------------------------------------------------------------- the strategies
 # in this order: reports and galleries list them so
 register_strategy("random", "bench.masking.random:random_masking",
-                  doc="uniform random subset per sample (MAE)")
+                  doc="uniform random subset per sample (MAE); with frames, uniform over all T·L "
+                      "space-time tokens (VideoMAE Table 1b 'random')")
 register_strategy("block", "bench.masking.block:block_masking",
                   defaults={"min_patches": None, "max_patches": None, "min_aspect": 0.3, "max_aspect": None,
                             "attempts": 10, "fill": "blocks"},
@@ -255,12 +272,15 @@ register_strategy("walker", "bench.masking.walker:walker_masking",
                   doc="a random walk masking what it visits")
 register_strategy("tube", "bench.masking.compose:tube_masking",
                   defaults={"spatial": "random", "spatial_params": {}}, check=_check_tube,
-                  doc="one spatial mask for every frame (VideoMAE)")
+                  doc="one spatial mask for every frame (VideoMAE's default, Table 1b 'tube')")
 register_strategy("coarse", "bench.masking.random:coarse_masking",
                   defaults={"scale": 2}, check=_check_coarse,
                   doc="random at a coarser mask-patch size (SimMIM)")
 register_strategy("none", "bench.masking.random:no_masking",
                   doc="nothing hidden, whatever the ratio (BEiT Table 4 '- masking'; needs pretrain.loss_on all)")
+register_strategy("frame", "bench.masking.compose:frame_masking",
+                  doc="whole frames, num_masked(T) of the T per clip (VideoMAE Table 1b 'frame', 7 of 8 "
+                      "at 87.5%); needs video: data.frames")
 register_strategy("multi", "bench.masking.compose:multi_masking",
                   defaults={"weights": {"random": 1.0, "block": 1.0}, "params": {}}, check=_check_multi,
                   doc="a strategy drawn per sample by weight")

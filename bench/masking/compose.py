@@ -2,6 +2,7 @@
 
     tube   VideoMAE (Tong et al., 2022): one spatial mask, of any strategy, for every frame
            (`generate` repeats it over the frames).
+    frame  VideoMAE Table 1b "frame": whole frames, a random subset of the clip's frames.
     multi  per sample, a strategy drawn with probability proportional to its weight.
 """
 from __future__ import annotations
@@ -27,3 +28,9 @@ def multi_masking(batch, grid_hw, ratio, params, generator, device):
         if len(rows):
             mask[rows] = generate(name, len(rows), grid_hw, ratio, params["params"][name], generator, device)
     return mask
+
+
+def frame_masking(batch, grid_hw, ratio, params, generator, device):
+    """Whole frames: `generate` calls it on the T×1 grid of a clip's frames (num_masked(T) of them
+    masked, uniformly at random) and spreads each over the frame's tokens."""
+    return generate("random", batch, grid_hw, ratio, {}, generator, device)

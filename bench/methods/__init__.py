@@ -6,12 +6,18 @@ A method is a class in `bench/methods/<name>.py` that supplies, for a resolved r
                                          full_pred=False) returns (loss, prediction), the loss on the
                                          masked patches, or on all with pretrain.loss_on "all" (the
                                          target scores them: bench.targets)
-    mask_grid(cfg)                       the (height, width) grid its masks are drawn on
+    mask_grid(cfg)                       the (height, width) grid its masks are drawn on; for a
+                                         method that takes clips, (T', height, width): T' time steps
+                                         of tokens, masks drawn with frames=T' (bench.masking) and
+                                         flattened to B×(T'·h·w), time-major, before the model sees them
     encoder_state(model)                 the weights the evals start from
     eval_encoder(cfg, state, num_classes, in_chans, feature, drop_path)
                                          a classifier over that encoder with the evals' interface
                                          (bench.train.evals.EvalEncoder: features, logits, layer ids)
-    flops_per_image(model, ratio)        forward FLOPs of one pre-training image, by part
+    flops_per_image(model, ratio)        forward FLOPs of one pre-training image (or clip), by part
+
+A method registered with `clips=True` (VideoMAE) pre-trains and is evaluated on video: uint8
+clips B×C×T×H×W of data.frames frames, from a video dataset; every other method on images.
 
 Its recipe (the paper's defaults and small profiles) is `ablations/<name>/_recipe.yaml`; its
 paper's numbers are `bench/papers/<paper>.yaml`. Model presets (sizes) are registered here with
@@ -37,11 +43,17 @@ class MethodEntry:
     paper: str | None  # bench/papers/<paper>.yaml
     doc: str = ""
     heads: tuple[str, ...] = ("decoder",)  # the prediction heads it takes (model.head); the first is its paper's
+    clips: bool = False  # it takes video clips (data.frames set, a video dataset), not images
 
 
 def register_method(name: str, impl: str, paper: str | None = None, doc: str = "",
-                    heads: tuple[str, ...] = ("decoder",)) -> MethodEntry:
-    return _METHODS.add(name, MethodEntry(name, impl, paper, doc, tuple(heads)))
+                    heads: tuple[str, ...] = ("decoder",), clips: bool = False) -> MethodEntry:
+    return _METHODS.add(name, MethodEntry(name, impl, paper, doc, tuple(heads), clips))
+
+
+def method_takes_clips(name: str) -> bool:
+    """True for a method that pre-trains on video clips (VideoMAE), False for one on images."""
+    return _METHODS.get(name).clips
 
 
 def method_heads(name: str) -> tuple[str, ...]:
@@ -141,3 +153,22 @@ register_preset("spark_convnext_small", "spark", arch="cnn", backbone="convnext_
                 decoder_embed_dim=768)
 register_preset("spark_convnext_base", "spark", arch="cnn", backbone="convnext_base", patch_size=32,
                 decoder_embed_dim=768)
+
+
+# ----------------------------------------------------------------------------- VideoMAE
+# A ViT over space-time cubes of tubelet_size frames × patch_size² px (bench.methods.videomae):
+# the paper's tube masking at 90%, only the visible cubes through the encoder, a decoder of half
+# the encoder's width and 4 blocks. Its clips: data.frames frames (a multiple of tubelet_size).
+register_method("videomae", "bench.methods.videomae:VideoMAE", paper="videomae", clips=True,
+                doc="VideoMAE (Tong et al. 2022): tube masking at 90% over space-time cubes, visible cubes "
+                    "only through the encoder, a light decoder")
+# Small clips on a CPU: 32 px, 8 px patches, tubelet 2 — 16 frames are 8 x 4 x 4 = 128 cubes (8 time
+# steps, so frame masking at 87.5% hides 7 of 8 as in the paper); tube masking at 90% hides 14 of each
+# step's 16 cubes (87.5%: the grid's nearest count) and leaves 8 x 2 = 16 for the encoder.
+register_preset("videomae_vit_tiny_patch8", "videomae", patch_size=8, tubelet_size=2, embed_dim=128, depth=4,
+                num_heads=4, mlp_ratio=4.0, decoder_embed_dim=64, decoder_depth=4, decoder_num_heads=2)
+# The paper's (official pretrain_videomae_{small,base}_patch16_224): 16 frames of 224 px, 8 x 14 x 14 cubes.
+register_preset("videomae_vit_small_patch16", "videomae", patch_size=16, tubelet_size=2, embed_dim=384, depth=12,
+                num_heads=6, mlp_ratio=4.0, decoder_embed_dim=192, decoder_depth=4, decoder_num_heads=3)
+register_preset("videomae_vit_base_patch16", "videomae", patch_size=16, tubelet_size=2, embed_dim=768, depth=12,
+                num_heads=12, mlp_ratio=4.0, decoder_embed_dim=384, decoder_depth=4, decoder_num_heads=6)

@@ -24,14 +24,14 @@ from bench.masking import list_strategies
 from bench.methods import list_methods, list_presets
 from bench.methods import preset as preset_numbers
 from bench.targets import list_targets
-from bench.study.model_checks import HEADS, LOSSES, check_arch, check_loss, resolve_head
+from bench.study.model_checks import HEADS, LOSSES, check_arch, check_loss, check_video, resolve_head
 
 
 SEED_MAX = 2 ** 32 - 1  # torch's generators take seed * 1_000_003 + ...: kept well inside 64 bits
 
 _MODEL_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
                "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "depths", "stage_num_heads", "window_size",
-               "backbone")
+               "backbone", "tubelet_size")
 
 # ----------------------------------------------------------------------------- the schema
 BASELINES = ("random_init", "raw_pixels")  # the baseline runs a study can add (bench.study.baselines)
@@ -51,6 +51,11 @@ SCHEMA: dict = {
                              help="use N held-out images: a seeded, class-stratified subset"),
         "augmentation": Option("crop_rand", str, choices=list_augmentations,
                                help="pretraining augmentation (MAE Table 1e)"),
+        "frames": Option(None, int, low=1, nullable=True,
+                         help="frames per clip the model sees (a video dataset, method videomae; a multiple of "
+                              "model.tubelet_size); null = images"),
+        "frame_stride": Option(1, int, low=1, help="τ: a clip takes every τ-th frame of the video (VideoMAE: 4 on "
+                                                  "Kinetics, 2 on Something-Something); 1 with images"),
         "identity": Option(None, str, nullable=True,
                            help="the digest of the data read (bench.data.identify), filled in by load_study; "
                                 "null = not identified"),
@@ -80,6 +85,9 @@ SCHEMA: dict = {
         "hierarchical": Option(None, bool, nullable=True,
                                help="SparK: the decoder takes every stage's features (true) or the last stage's "
                                     "only (false); null = true with a CNN preset"),
+        "tubelet_size": Option(None, int, low=1, nullable=True,
+                               help="VideoMAE: frames per cube (tubelet x patch x patch px is one token); null on "
+                                    "image presets"),
         "mask_token_in_encoder": Option(False, bool, help="MAE Table 1c 'w/ [M]': the encoder sees all L patches, "
                                                           "the masked ones replaced by a learned mask token"),
         "head": Option(None, str, choices=HEADS, nullable=True,
@@ -87,7 +95,7 @@ SCHEMA: dict = {
                             "(BEiT, SimMIM) or a 2-layer MLP; null = the method's paper's"),
     },
     "masking": {
-        "strategy": Option("random", str, choices=list_strategies),
+        "strategy": Option("random", str, choices=lambda: list_strategies(video=True)),
         "ratio": Option(0.75, float, low=0.0, high=1.0, open_interval=True),
         "params": Option({}, dict, help="the strategy's own parameters; defaults filled in"),
     },
@@ -225,6 +233,7 @@ def resolve(partial: dict | None) -> dict:
         model["mlp_ratio"] = float(model["mlp_ratio"])
     check_arch(cfg, preset.get("arch", "vit"))
     resolve_head(cfg)
+    check_video(cfg)
     if cfg["data"]["img_size"] % model["patch_size"]:
         raise ConfigError("data.img_size", f"{cfg['data']['img_size']} is not a multiple of "
                           f"model.patch_size {model['patch_size']}")

@@ -5,13 +5,16 @@ one-line ConfigError naming the key and what is allowed.
     resolve_head(cfg)        model.head: null becomes the method's paper's head; others checked
     check_arch(cfg, arch)    a ViT preset takes no Swin key and the reverse; a Swin's numbers fit
     check_loss(cfg)          pretrain.loss only for a float target; `none` masking needs loss_on all
+    check_video(cfg)         data.frames set ⇔ a video dataset ⇔ a method that takes clips (VideoMAE)
 """
 from __future__ import annotations
 
 from bench import targets
 from bench.core.errors import ConfigError
 from bench.core.options import short_repr
-from bench.methods import method_heads
+from bench.data import dataset_entry, list_datasets
+from bench.masking import TEMPORAL
+from bench.methods import list_methods, method_heads, method_takes_clips
 
 HEADS = ("decoder", "linear", "mlp")  # model.head; which a method takes: bench.methods.method_heads
 LOSSES = ("mse", "l1", "smooth_l1")  # pretrain.loss of a float target (bench.targets.pixels)
@@ -148,3 +151,50 @@ def check_loss(cfg: dict) -> None:
     if cfg["masking"]["strategy"] == "none" and pcfg["loss_on"] != "all":
         raise ConfigError("pretrain.loss_on", "is masked but masking.strategy none hides nothing; "
                                               "allowed with it: all")
+
+
+VIDEO_TARGETS = ("pixel", "norm_pixel")  # a cube's pixels (VideoMAE's target), raw or normalised per cube
+IMAGE_VALUES = (("data.frames", None), ("model.tubelet_size", None), ("data.frame_stride", 1))  # no video
+
+
+def check_video(cfg: dict) -> None:
+    """Clips or images, all or nothing: a method that takes clips (VideoMAE) needs data.frames, a
+    multiple of model.tubelet_size, and a video dataset; an image method neither, nor a video key.
+    VideoMAE predicts pixels (pixel, norm_pixel) and its evals read the mean-pooled tokens (avgpool)."""
+    data, method, strategy = cfg["data"], cfg["method"], cfg["masking"]["strategy"]
+    clip_methods = " or ".join(m for m in list_methods() if method_takes_clips(m))
+    is_video = dataset_entry(data["name"]).video
+    if not method_takes_clips(method):
+        if is_video:
+            raise ConfigError("data.name", f"{data['name']} holds clips but method {method} takes images; allowed: "
+                                           f"an image dataset, or method {clip_methods}")
+        for key, images in IMAGE_VALUES:
+            value = cfg[key.split(".")[0]][key.split(".")[1]]
+            if value != images:
+                raise ConfigError(key, f"is {value} but method {method} takes images (data.name {data['name']}); "
+                                       f"allowed: {'null' if images is None else images}")
+        if strategy in TEMPORAL:
+            raise ConfigError("masking.strategy", f"{strategy!r} masks whole frames: needs video: data.frames "
+                                                  f"(method {clip_methods}); allowed on images: any other strategy")
+        return
+    frames, tubelet = data["frames"], cfg["model"]["tubelet_size"]
+    if tubelet is None:
+        raise ConfigError("model.tubelet_size", f"is null but method {method} cuts clips into cubes; allowed: >= 1")
+    if not is_video:
+        video_sets = ", ".join(d for d in list_datasets() if dataset_entry(d).video) or "none registered"
+        raise ConfigError("data.name", f"{data['name']} holds images but method {method} takes clips; allowed: "
+                                       f"a video dataset ({video_sets})")
+    if frames is None or frames % tubelet:
+        raise ConfigError("data.frames", f"{'is null' if frames is None else f'{frames} is not allowed'}: method "
+                                         f"{method} takes clips of whole tubelets; allowed: a multiple of "
+                                         f"model.tubelet_size {tubelet} (VideoMAE: 16)")
+    if strategy in TEMPORAL and frames // tubelet < 2:
+        raise ConfigError("masking.strategy", f"{strategy!r} masks whole time steps but data.frames {frames} / "
+                                              f"model.tubelet_size {tubelet} is 1; allowed: >= 2 of them")
+    if cfg["pretrain"]["target"] not in VIDEO_TARGETS:
+        raise ConfigError("pretrain.target", f"{cfg['pretrain']['target']!r} is not a target of method {method}; "
+                                             f"allowed: {', '.join(VIDEO_TARGETS)}")
+    for section in ("linear_probe", "finetune", "knn"):
+        if cfg["evals"][section]["enabled"] and cfg["evals"][section]["feature"] == "cls":
+            raise ConfigError(f"evals.{section}.feature", f"'cls' is not allowed: method {method} has no cls "
+                                                          "token; allowed: avgpool")

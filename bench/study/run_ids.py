@@ -48,6 +48,9 @@ ADDED_LATER = {
     "model.hierarchical": None,
     "pretrain.optimizer": "adamw",
     "pretrain.weight_decay_end": None,
+    "data.frames": None,
+    "data.frame_stride": 1,
+    "model.tubelet_size": None,
 }
 
 
@@ -82,6 +85,11 @@ HASH_EXEMPT: dict[str, Callable[[Any, dict], bool]] = {
     "model.hierarchical": _at_old_value("model.hierarchical"),
     "pretrain.optimizer": _at_old_value("pretrain.optimizer"),
     "pretrain.weight_decay_end": _at_old_value("pretrain.weight_decay_end"),
+    # VideoMAE's keys (bench.methods.videomae): images (no frames, no tubelet) are what every run
+    # before them saw
+    "data.frames": _at_old_value("data.frames"),
+    "data.frame_stride": _at_old_value("data.frame_stride"),
+    "model.tubelet_size": _at_old_value("model.tubelet_size"),
 }
 
 

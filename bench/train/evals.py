@@ -67,15 +67,15 @@ class EvalEncoder(Protocol):
 
 
 class RawPixels(nn.Module):
-    """The raw-pixels baseline's encoder: each image's normalised pixels, flattened, are its
-    features; the probe (or k-NN) reads them as it reads an encoder's."""
+    """The raw-pixels baseline's encoder: each image's (or clip's: all its `frames`) normalised
+    pixels, flattened, are its features; the probe (or k-NN) reads them as it reads an encoder's."""
 
     num_layers = 1
     no_weight_decay_names = ()
 
-    def __init__(self, num_classes: int, in_chans: int, img_size: int):
+    def __init__(self, num_classes: int, in_chans: int, img_size: int, frames: int | None = None):
         super().__init__()
-        self.num_features = in_chans * img_size * img_size
+        self.num_features = in_chans * (frames or 1) * img_size * img_size
         self.head = nn.Linear(self.num_features, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +96,7 @@ def build_encoder(cfg: dict, encoder_state: dict, num_classes: int, in_chans: in
     """The config's method's classifier over the pre-trained (or, for the random-init baseline,
     untrained) encoder weights; the raw-pixels baseline's is `RawPixels`."""
     if cfg.get("baseline") == "raw_pixels":
-        return RawPixels(num_classes, in_chans, cfg["data"]["img_size"])
+        return RawPixels(num_classes, in_chans, cfg["data"]["img_size"], cfg["data"].get("frames"))
     return create_method(cfg["method"]).eval_encoder(cfg, encoder_state, num_classes, in_chans, feature, drop_path)
 
 

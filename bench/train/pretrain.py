@@ -113,10 +113,11 @@ class SplitStep:
 class PretrainStep:
     """One optimisation step of pre-training, as the loop runs it (and `mimbench bench speed` times it):
     set the lr, augment the batch and normalise it, draw its masks, forward and backward (split
-    across CPU threads by SplitStep; this process's share of the batch under DDP), AdamW step."""
+    across CPU threads by SplitStep; this process's share of the batch under DDP), AdamW step.
+    `grid` is the method's mask_grid: (h, w) for images, (T', h, w) for clips (VideoMAE)."""
 
     def __init__(self, cfg: dict, model: torch.nn.Module, target, optimizer, split_step: SplitStep,
-                 grid: tuple[int, int], mean, std, share: slice = slice(None)):
+                 grid: tuple[int, ...], mean, std, share: slice = slice(None)):
         self.cfg, self.model, self.target, self.optimizer = cfg, model, target, optimizer
         self.split_step, self.grid, self.mean, self.std, self.share = split_step, grid, mean, std, share
         self.full_pred = False  # True: the decoder predicts every patch (same loss; the speed bench's ablation)
@@ -134,7 +135,9 @@ class PretrainStep:
         if weight_decay is not None:  # a schedule (pretrain.weight_decay_end); None: as built
             set_weight_decay(self.optimizer, weight_decay, self.decay_groups)
         x = normalize(augment(images, data["augmentation"], data["img_size"], gen), self.mean, self.std)
-        mask = masking.generate(mcfg["strategy"], x.shape[0], self.grid, mcfg["ratio"], mcfg["params"], gen, x.device)
+        frames = self.grid[0] if len(self.grid) == 3 else None  # clips: T' time steps of h×w tokens
+        mask = masking.generate(mcfg["strategy"], x.shape[0], self.grid[-2:], mcfg["ratio"], mcfg["params"], gen,
+                                x.device, frames=frames).flatten(1)  # B×T'×L → B×(T'·L), time-major
         # the decoder predicts only the masked patches (the loss's)
         loss = self.split_step(x[self.share], mask[self.share], self.target, full_pred=self.full_pred)
         if self.cfg["pretrain"].get("clip_grad") is not None:  # BEiT 3.0, SimMIM 5.0: the global norm
