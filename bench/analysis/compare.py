@@ -184,8 +184,7 @@ def write_comparison(study_dir: Path | str, reports_root: Path | str = "reports"
         text += "\n## Baselines\n\n" + format_baselines(baselines, runs, list(sub.axes))
     atomic_write_text(paths["comparison_md"], text)
     atomic_write_text(paths["comparison_csv"], comparison.table.to_csv(index=False))
-    source = f"{sub.paper.upper()} {sub.source.split(' (')[0]}"
-    title = f"{study} vs {source}: {sub.title}\nours: {ours_setup(runs)}\npaper: {sub.setup_text}"
+    title = f"{study} vs {sub.label}: {sub.title}\nours: {ours_setup(runs)}\npaper: {sub.setup_text}"
     plot_comparison(comparison, paths["comparison_png"], title,
                     reference_lines(baselines) if baselines is not None else None)
     return {**paths, "comparison": comparison}

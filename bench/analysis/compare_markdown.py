@@ -107,7 +107,7 @@ def format_comparison(comparison: Comparison, study: str, runs: pd.DataFrame, de
     if not sub.points:
         matched = "The paper gives no numbers for this ablation, only the claims below"
     metric_names = "; ".join(f"{k} = {v}" for k, v in (sub.setup.get("metrics") or {}).items())
-    lines = [f"# {study}: ours vs {sub.paper.upper()} {sub.source.split(' (')[0]}", ""]
+    lines = [f"# {study}: ours vs {sub.label}", ""]
     if description:
         lines += [description, ""]
     lines += [f"**Paper**: {paper_title}, {sub.source}: {sub.title}. {sub.setup_text}; {metric_names}.", "",

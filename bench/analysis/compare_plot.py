@@ -68,7 +68,7 @@ def plot_comparison(comparison: Comparison, path: Path | str, title: str,
                    plt.Line2D([], [], ls="", marker="o", ms=4, alpha=0.6, color=ours_color if numeric else "0.15"),
                    plt.Line2D([], [], color=paper_color, marker="D", ls="--" if numeric else "", lw=1.5)]
         names = ["ours: mean over seeds (left axis)", "ours: one run (seed)",
-                 f"paper: {sub.paper.upper()} {sub.source.split(' (')[0]} (right axis)"]
+                 f"paper: {sub.label} (right axis)"]
         if bounds:
             handles.append(plt.Line2D([], [], color=paper_color, ls=":", lw=1.5))
             names.append("paper: a bound its text states")

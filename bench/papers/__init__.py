@@ -27,6 +27,7 @@ from bench.core.errors import ConfigError
 
 PAPER_METRICS = ("ft", "lin")  # fine-tune top-1, linear-probe top-1
 OTHER_METRICS = ("flops", "pretrain_wall_h", "ade20k_miou", "ft_k400")  # a table's other numbers (mIoU, K400: compared nowhere)
+SHORT_NAMES = {"mae": "MAE", "beit": "BEiT", "simmim": "SimMIM", "spark": "SparK", "videomae": "VideoMAE"}
 CHECK_KINDS = {  # kind -> the keys its check needs besides kind and metric
     "monotone_increasing": (),     # means rise with the (numeric) axis; `upto`: only up to that value
     "argmax": ("at",),             # the best setting is `at`
@@ -83,6 +84,11 @@ class Subtable:
         """The metrics the points give a number for, ft and lin first."""
         given = {m for p in self.points for m in p.values}
         return [m for m in PAPER_METRICS + OTHER_METRICS if m in given]
+
+    @property
+    def label(self) -> str:
+        """'MAE Table 1f', 'SparK the paper's ablation of ...': the paper's short name and the source."""
+        return f"{SHORT_NAMES.get(self.paper, self.paper.upper())} {self.source.split(' (')[0]}"
 
     @property
     def setup_text(self) -> str:
