@@ -16,6 +16,7 @@ from bench.study.run_ids import run_id
 from bench.targets import create_target
 from bench.targets.pixels import with_loss
 from bench.train.pretrain import SplitStep
+from model_helpers import mask_of
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"data": {"name": "synthetic", "img_size": 16, "train_limit": 128, "test_limit": 64},
@@ -49,12 +50,6 @@ class FixedTokens:
 def build(cfg, target):
     torch.manual_seed(0)
     return create_method(cfg["method"]).build_model(cfg, 1, target)
-
-
-def mask_of(batch=4, length=16, masked=6, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.rand(batch, length, generator=gen).argsort(dim=1)[:, :masked]
-    return torch.zeros(batch, length, dtype=torch.bool).scatter_(1, ids, True)
 
 
 def test_the_encoder_sees_all_patches_and_the_heads_have_the_target_width():

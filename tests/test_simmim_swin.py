@@ -20,6 +20,7 @@ from bench.study.config import resolve
 from bench.study.run_ids import ADDED_LATER, hashed_part, run_id, with_added_later
 from bench.targets import create_target
 from bench.targets.pixels import masked_l1, with_loss
+from model_helpers import FixedTargets, mask_of
 from bench.train import evals
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,27 +44,6 @@ def config(**sections):
 def build(cfg, target, in_chans=3):
     torch.manual_seed(0)
     return create_method("simmim").build_model(cfg, in_chans, target).eval()
-
-
-def mask_of(batch=2, length=64, masked=38, seed=0):
-    ids = torch.rand(batch, length, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)[:, :masked]
-    return torch.zeros(batch, length, dtype=torch.bool).scatter_(1, ids, True)
-
-
-class FixedTargets:
-    """A float target whose per-patch values are given, scored by L1 on the masked patches."""
-
-    def __init__(self, values):
-        self.values = values
-
-    def out_dim(self, patch_dim):
-        return self.values.shape[-1]
-
-    def targets(self, imgs, model):
-        return self.values
-
-    def loss(self, pred, target, mask):
-        return masked_l1(pred, target, mask)
 
 
 # ----------------------------------------------------------------------------- the config
@@ -127,7 +107,7 @@ def test_keys_of_the_other_architecture_and_misfits_are_one_line_errors(partial,
 # ----------------------------------------------------------------------------- the model
 def test_a_masked_patchs_pixels_never_reach_the_encoder():
     model = build(config(), create_target("pixel"))
-    imgs, mask = torch.randn(2, 3, 16, 16), mask_of()
+    imgs, mask = torch.randn(2, 3, 16, 16), mask_of(2, 64, 38)
     masked = mask[0].nonzero()[0].item()  # a patch masked in image 0
     row, col = divmod(masked, 8)
     other = imgs.clone()
@@ -148,7 +128,7 @@ def test_the_head_is_the_papers_image_and_the_prediction_has_the_targets_shape()
     # the last stage's 96 channels → stride² × channels (stride 4: 2 px patches, one merging), shuffled by 4
     assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (96, 4 ** 2 * 3, (1, 1))
     assert shuffle.upscale_factor == 4
-    imgs, mask = torch.randn(2, 3, 16, 16), mask_of()
+    imgs, mask = torch.randn(2, 3, 16, 16), mask_of(2, 64, 38)
     with torch.no_grad():
         loss, pred = model(imgs, mask, create_target("pixel"), full_pred=False)
         assert pred.shape == create_target("pixel").targets(imgs, model).shape == (2, 64, 2 * 2 * 3)
@@ -159,19 +139,19 @@ def test_the_head_is_the_papers_image_and_the_prediction_has_the_targets_shape()
         official = ((image - imgs).abs() * pixels).sum() / pixels.sum() / 3
         l1 = with_loss(create_target("pixel"), "l1")
         assert model(imgs, mask, l1)[0].item() == pytest.approx(official.item(), rel=1e-5)
-    other = FixedTargets(torch.zeros(2, 64, 7))  # a target of another width: 7 values per patch
+    other = FixedTargets(torch.zeros(2, 64, 7), masked_l1)  # a target of another width: 7 values per patch
     assert build(config(), other)(imgs, mask, other)[1].shape == (2, 64, 7)
 
 
 def test_the_loss_ignores_visible_patches_unless_it_scores_all():
-    imgs, mask = torch.randn(2, 3, 16, 16), mask_of()
+    imgs, mask = torch.randn(2, 3, 16, 16), mask_of(2, 64, 38)
     values = torch.randn(2, 64, 12, generator=torch.Generator().manual_seed(1))
     changed = torch.where(mask.unsqueeze(-1), values, values + 1.0)  # other targets at visible patches only
     for loss_on in ("masked", "all"):
-        model = build(config(pretrain={"loss_on": loss_on}), FixedTargets(values))
+        model = build(config(pretrain={"loss_on": loss_on}), FixedTargets(values, masked_l1))
         with torch.no_grad():
-            base = model(imgs, mask, FixedTargets(values))[0]
-            moved = model(imgs, mask, FixedTargets(changed))[0]
+            base = model(imgs, mask, FixedTargets(values, masked_l1))[0]
+            moved = model(imgs, mask, FixedTargets(changed, masked_l1))[0]
         assert torch.equal(base, moved) if loss_on == "masked" else not torch.allclose(base, moved)
 
 

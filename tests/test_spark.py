@@ -23,6 +23,7 @@ from bench.study.config import resolve
 from bench.study.run_ids import hashed_part, run_id, with_added_later
 from bench.targets import create_target
 from bench.targets.pixels import masked_mse
+from model_helpers import FixedTargets, mask_of
 from bench.train import evals
 from bench.train.optim import weight_decay_at
 from bench.train.pretrain import build_pretraining, epoch_generator
@@ -49,25 +50,6 @@ def config(preset="spark_resnet_tiny", **sections):
 def build(cfg, target, in_chans=3) -> SparKModel:
     torch.manual_seed(0)
     return create_method("spark").build_model(cfg, in_chans, target)
-
-
-def mask_of(batch=2, length=16, masked=10, seed=0):
-    ids = torch.rand(batch, length, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)[:, :masked]
-    return torch.zeros(batch, length, dtype=torch.bool).scatter_(1, ids, True)
-
-
-class FixedTargets:
-    def __init__(self, values):
-        self.values = values
-
-    def out_dim(self, patch_dim):
-        return self.values.shape[-1]
-
-    def targets(self, imgs, model):
-        return self.values
-
-    def loss(self, pred, target, mask):
-        return masked_mse(pred, target, mask)
 
 
 # ----------------------------------------------------------------------------- the config
@@ -117,7 +99,7 @@ def test_keys_that_do_not_fit_a_cnn_are_one_line_errors(partial, key, message):
 # ----------------------------------------------------------------------------- the model
 @pytest.mark.parametrize("preset", PRESETS)
 def test_masked_positions_stay_exactly_zero_through_every_stage_when_sparse(preset):
-    imgs, mask = torch.randn(2, 3, 32, 32), mask_of()
+    imgs, mask = torch.randn(2, 3, 32, 32), mask_of(2, 16, 10)
     other = imgs.clone()
     cell = mask[0].nonzero()[0].item()
     row, col = divmod(cell, 4)
@@ -151,17 +133,17 @@ def test_sparse_batchnorm_takes_its_statistics_over_the_visible_positions():
 
 @pytest.mark.parametrize("model_keys", [{}, {"hierarchical": False}, {"densify": False}])
 def test_the_loss_ignores_visible_cells_unless_it_scores_all(model_keys):
-    imgs, mask = torch.randn(2, 3, 32, 32), mask_of()
+    imgs, mask = torch.randn(2, 3, 32, 32), mask_of(2, 16, 10)
     values = torch.randn(2, 16, 8 * 8 * 3, generator=torch.Generator().manual_seed(1))
     changed = torch.where(mask.unsqueeze(-1), values, values + 1.0)
     for loss_on in ("masked", "all"):
-        model = build(config(model=model_keys, pretrain={"loss_on": loss_on}), FixedTargets(values))
+        model = build(config(model=model_keys, pretrain={"loss_on": loss_on}), FixedTargets(values, masked_mse))
         with torch.no_grad():
-            base, pred = model(imgs, mask, FixedTargets(values))
-            moved = model(imgs, mask, FixedTargets(changed))[0]
+            base, pred = model(imgs, mask, FixedTargets(values, masked_mse))
+            moved = model(imgs, mask, FixedTargets(changed, masked_mse))[0]
         assert pred.shape == (2, 16, 192)
         assert torch.equal(base, moved) if loss_on == "masked" else not torch.allclose(base, moved)
-    other = FixedTargets(torch.zeros(2, 16, 7))  # a target of another width: 7 values per cell
+    other = FixedTargets(torch.zeros(2, 16, 7), masked_mse)  # a target of another width: 7 values per cell
     with torch.no_grad():
         assert build(config(model=model_keys), other)(imgs, mask, other)[1].shape == (2, 16, 7)
     norm = create_target("norm_pixel")  # the paper's: MSE on per-patch normalised pixels, masked cells
