@@ -30,6 +30,13 @@ def test_a_baseline_ignores_what_it_does_not_use(tiny_base):
     assert run_id(baseline_config(a, "random_init")) != run_id(baseline_config(a, "raw_pixels"))
     assert baseline_config(a, "raw_pixels")["evals"]["finetune"]["enabled"] is False
     assert run_id(baseline_config({**a, "seed": 1}, "random_init")) != run_id(baseline_config(a, "random_init"))
+    # a study that probes none of its settings (MAE Fig. 9) still probes its baselines, at the recipe's
+    # probe: the same runs as a study that does
+    probe = {**tiny_base["evals"].get("linear_probe", {}), "enabled": False}
+    no_probe = resolve({**tiny_base, "evals": {**tiny_base["evals"], "linear_probe": probe}})
+    for kind in ("random_init", "raw_pixels"):
+        assert baseline_config(no_probe, kind)["evals"]["linear_probe"]["enabled"] is True
+        assert run_id(baseline_config(no_probe, kind)) == run_id(baseline_config(a, kind))
 
 
 def test_baselines_run_once_per_seed_show_in_the_report_and_are_shared_across_studies(tmp_path, tiny_base, capsys):
