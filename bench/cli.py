@@ -6,6 +6,7 @@
     mimbench run ablations/mae/fig5_mask_ratio.yaml --profile small    a spec at one of its scales
     mimbench report results/mae_fig5_mask_ratio-small [--paper mae:fig5]   ours beside the paper's
     mimbench status quickstart                       done / running / pending / failed per run
+    mimbench scorecard                               how much of each paper reproduced, every comparison
     mimbench cancel quickstart                       scancel the study's live SLURM jobs
     mimbench masks --strategy block --ratio 0.75 --grid 14 --stats [--png masks.png]
     mimbench bench masks | mimbench bench speed --preset mae_vit_small_patch4
@@ -217,6 +218,29 @@ def cmd_masks(args) -> int:
     return 0
 
 
+def cmd_scorecard(args) -> int:
+    from bench.analysis.scorecard import COUNTS, write_scorecard
+
+    for folder, flag in ((args.reports, "--reports"), (args.ablations, "--ablations")):
+        if not Path(folder).is_dir():
+            raise ConfigError(flag, f"{folder} is not a folder")
+    out = write_scorecard(args.reports, args.ablations)
+    console = Console()
+    if out["frame"].empty:
+        console.print(f"no committed comparison under {args.reports}/ (a report folder with runs.csv whose "
+                      f"spec under {args.ablations}/ names a paper)")
+    else:
+        table = Table(title="reproduction scorecard: the paper's orderings (gap ≥ 1 point) at our scale")
+        for name in ("paper", "comparisons", "orderings", "reproduced", "reversed", "not resolved", "best matches"):
+            table.add_column(name, justify="left" if name == "paper" else "right")
+        for row in out["totals"].to_dict("records"):
+            table.add_row(row["paper"], str(row["comparisons"]), str(row["paper_orderings"]),
+                          *(str(row[c]) for c in COUNTS), row["best_matches"])
+        console.print(table)
+    console.print(f"wrote {out['scorecard_md']} and {out['scorecard_csv']}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     import json
 
@@ -261,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", help="compare with a paper's subtable, PAPER:SUBTABLE (e.g. mae:table1f); "
                                    "default: the one the study's spec names")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("scorecard", help="how much of each paper reproduced, over every committed comparison")
+    p.add_argument("--reports", default="reports", help="the reports folder (each study's runs.csv)")
+    p.add_argument("--ablations", default="ablations", help="the specs, to find each study's paper subtable")
+    p.set_defaults(func=cmd_scorecard)
 
     p = sub.add_parser("status", help="done / running / pending / failed / interrupted, per run")
     p.add_argument("study", nargs="?", help="study name, results/<study> or its spec (default: all)")
