@@ -101,9 +101,11 @@ def _print_report(paths: dict, out: Console) -> None:
     out.print(Path(paths["table_md"]).read_text())
     if paths.get("comparison_md"):
         out.print(Path(paths["comparison_md"]).read_text())
-    written = [paths[k] for k in ("table_md", "table_csv", "plot", "comparison_md", "comparison_csv", "comparison_png")
-               if paths.get(k)]
+    written = [paths[k] for k in ("table_md", "table_csv", "plot", "comparison_md", "comparison_csv", "comparison_png",
+                                  "curves", "index_html", "site_index_html") if paths.get(k)]
     out.print("wrote " + ", ".join(map(str, written)))
+    if paths.get("index_html"):
+        out.print(f"open {Path(paths['index_html']).resolve().as_uri()} in a browser")
 
 
 def cmd_run(args) -> int:

@@ -8,6 +8,8 @@
         table.md    the same table in markdown, with the study's description and setup
         plot.png    fine-tune and linear probe top-1 (and k-NN, when run) against the varying axis
         comparison.md / .csv / .png   when the study names the paper subtable it reproduces (bench.analysis.compare)
+        index.html  the same as a web page, with every run folder and curves.png (bench.analysis.html),
+                    and reports/index.html, the index of every study
 
 The runs and their axes come from bench.analysis.frames, the picture from bench.analysis.plots,
 the cells' text from bench.analysis.tables; this module summarises over seeds and writes the files.
@@ -208,4 +210,6 @@ def write_report(study_dir: Path | str, reports_root: Path | str = "reports",
     if paper:
         comparison = write_comparison(study_dir, reports_root, paper, runs=runs, baselines=baselines)
         paths.update({k: comparison[k] for k in ("comparison_md", "comparison_csv", "comparison_png")})
+    from bench.analysis.html import write_study_html  # imported here: it renders this module's tables
+    paths.update(write_study_html(study_dir, Path(reports_root), frame, axes, table, baselines, description, paths))
     return {**paths, "n_runs": len(frame), "table": table}
