@@ -85,13 +85,18 @@ def test_half_written_run_is_rerun_and_force_reruns_all(tmp_path, tiny_base, cap
     assert all(losses(third[rid][1]) == losses(second[rid][1]) for rid in first)
 
 
-def test_local_executor_runs_in_parallel_processes(tmp_path, tiny_base):
+def test_local_executor_runs_in_parallel_processes(tmp_path, tiny_base, capsys):
     spec = write_study(tmp_path, tiny_base, name="tiny_local",
                        launch={"executor": "local", "parallel": 2, "timeout_min": 5})
     assert run_cli(tmp_path, "run", str(spec)) == 0
     study_dir = tmp_path / "results" / "tiny_local"
     assert len(snapshot(study_dir)) == 2
     assert list((study_dir / ".submitit").glob("*_log.out"))  # really ran through submitit's processes
+    err = capsys.readouterr().err  # not a terminal: one plain line per run event
+    for rid in snapshot(study_dir):
+        assert f"tiny_local: {rid} finished: fine-tune" in err
+        assert list((study_dir / rid / "tensorboard").glob("events.out.tfevents.*"))  # written by the job's process
+    assert err.count("tiny_local: started strategy=") == 2
     check_report(tmp_path, "tiny_local", 2)
 
 

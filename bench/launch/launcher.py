@@ -13,8 +13,9 @@ done; the check is made again just before each run is started, and `run_one` its
 lease, so two launches started together never run one run twice. On SLURM, the "submitting"
 records are written (under the study's .launch.lock) before `map_array` submits, so a
 concurrent launch sees those runs as queued. A results folder that refuses writes (read-only,
-full) stops the launch with one line (CannotWrite; exit status 2). While jobs run, a progress
-bar per run follows its metrics.jsonl (epochs done / epochs planned).
+full) stops the launch with one line (CannotWrite; exit status 2). While jobs run, progress
+follows each run's metrics.jsonl (bench.launch.progress: rich bars in a terminal, plain lines
+in a log).
 """
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ from typing import Iterator
 import submitit
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.core import cache
 from bench.launch import lease as leases
 from bench.launch.job import pretrain_config, run_one
+from bench.launch.progress import RunProgress
 from bench.launch.status import busy_runs, clear_submitting, slurm_states, write_job, write_submitting
 from bench.launch.store import CannotWrite, RunFolder, write_failure, write_study_manifest
 from bench.study.run_ids import run_id
@@ -50,12 +51,6 @@ class LaunchOutcome:
     already_running: list[str] = field(default_factory=list)  # live SLURM jobs of an earlier launch
     running_elsewhere: dict[str, str] = field(default_factory=dict)  # run_id -> "HOST pid N": another process's lease
     cannot_write: tuple[str, str] | None = None  # (path, reason): the results folder refused a write
-
-
-def planned_epochs(config: dict) -> int:
-    evals = config["evals"]
-    pretraining = 0 if config.get("baseline") else config["pretrain"]["epochs"]  # a baseline does not pre-train
-    return pretraining + sum(evals[e]["epochs"] for e in evals if evals[e]["enabled"] and "epochs" in evals[e])
 
 
 def runs_to_do(study: Study, results_root: str | Path, force: bool = False) -> tuple[list[Run], list[Run]]:
@@ -103,40 +98,6 @@ def _last_error_line(folder: RunFolder, fallback: str) -> str:
         return fallback
 
 
-class _RunProgress:
-    """Rich progress: one bar for the study, one per running run (epochs from metrics.jsonl)."""
-
-    def __init__(self, study: Study, results_root, total: int, console: Console):
-        self.study, self.root = study, results_root
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=False)
-        self.overall = self.progress.add_task(f"[bold]{study.name}[/] runs", total=total)
-        self.per_run: dict[str, int] = {}
-        self.totals: dict[str, int] = {}
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
-
-    def started(self, run: Run):
-        label = " ".join(f"{k.split('.')[-1]}={v}" for k, v in run.varying.items()) or run.run_id
-        self.totals[run.run_id] = planned_epochs(run.config)
-        self.per_run[run.run_id] = self.progress.add_task(f"  {label} ({run.run_id[:6]}) epochs",
-                                                          total=self.totals[run.run_id])
-
-    def refresh(self):
-        for rid, task in self.per_run.items():
-            rows = len(RunFolder(self.root, self.study.name, rid).read_metrics())
-            self.progress.update(task, completed=min(rows, self.totals[rid]))  # (a copied pre-training's rows too)
-
-    def finished(self, run: Run):
-        self.refresh()
-        self.progress.advance(self.overall)
-
-
 def _local_threads(launch: dict) -> int:
     return launch["threads"] or max(1, (os.cpu_count() or 1) // launch["parallel"])
 
@@ -178,10 +139,10 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
 
     if launch["executor"] == "debug":
         executor = submitit.DebugExecutor(folder=logs)
-        with _RunProgress(study, results_root, len(todo), console) as progress:
+        with RunProgress(study, results_root, len(todo), console) as progress:
             for run in todo:
                 if outcome.cannot_write or not startable(run):
-                    progress.progress.advance(progress.overall)
+                    progress.skipped()
                     continue
                 progress.started(run)
                 # run_one records a failure itself and returns it, so the DebugExecutor never
@@ -194,12 +155,12 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
         executor = submitit.LocalExecutor(folder=logs)
         executor.update_parameters(timeout_min=launch["timeout_min"])
         pending, running = list(todo), {}
-        with _RunProgress(study, results_root, len(todo), console) as progress:
+        with RunProgress(study, results_root, len(todo), console) as progress:
             while pending or running:
                 while pending and len(running) < launch["parallel"]:  # submit in waves
                     run = pending.pop(0)
                     if outcome.cannot_write or not startable(run):
-                        progress.progress.advance(progress.overall)
+                        progress.skipped()
                         continue
                     running[run.run_id] = (run, executor.submit(run_one, run.config, study.name, results_root,
                                                                 launch, False))
@@ -278,7 +239,7 @@ def _launch_slurm(study: Study, results_root: str, launch: dict, force: bool, wa
         return outcome
     running = {r.run_id: (r, j) for r, j in zip(todo, jobs)}
     gone_since: dict[str, float] = {}
-    with _RunProgress(study, results_root, n, console) as progress:
+    with RunProgress(study, results_root, n, console) as progress:
         for run in todo:
             progress.started(run)
         while running:

@@ -11,6 +11,8 @@
         warnings.log    what was set aside or recovered, one timestamped line each (kept across attempts)
         lease.lock, lease.json   who is running it now (bench.launch.lease)
         job.json        the SLURM job (bench.launch.status); resumed.log: one line per resume
+        tensorboard/    the metrics and, once done, the hyper-parameters as TensorBoard events
+                        (bench.launch.tensorboard; a mirror of metrics.jsonl)
 
 A run folder without a complete result.json is not done, whatever else it holds; a done run's
 result.json is never deleted except by a forced rerun.
@@ -37,6 +39,7 @@ import yaml
 
 from bench.core.errors import ConfigError
 from bench.core.files import atomic_write, atomic_write_text
+from bench.launch.tensorboard import RunBoard
 from bench.study.run_ids import with_added_later
 
 RESULT_KEYS = ("run_id", "study", "finetune_top1", "linear_probe_top1", "pretrain_images_per_s",
@@ -93,6 +96,7 @@ class RunFolder:
     def __init__(self, root: Path | str, study: str, run_id: str):
         self.study, self.run_id = study, run_id
         self.path = Path(root) / study / run_id
+        self.board = RunBoard(self.path)
 
     config_path = property(lambda self: self.path / "config.yaml")
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
@@ -114,6 +118,7 @@ class RunFolder:
         self.result_path.unlink(missing_ok=True)
         self.metrics_path.unlink(missing_ok=True)
         self.error_path.unlink(missing_ok=True)
+        self.board.reset()
 
     def resume(self, config: dict, pretrain_epochs_done: int) -> None:
         """Begin again from a checkpoint: keep the metrics of the pre-training epochs it covers."""
@@ -124,6 +129,8 @@ class RunFolder:
         kept = [row for row in self.read_metrics()
                 if row.get("phase") == "pretrain" and row.get("epoch", 0) <= pretrain_epochs_done]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        self.board.reset()
+        self._mirror(self.board.log, *kept)
         self.result_path.unlink(missing_ok=True)
         self.error_path.unlink(missing_ok=True)
         with open(self.path / "resumed.log", "a") as f:
@@ -136,7 +143,16 @@ class RunFolder:
         with open(self.metrics_path, "a") as f:
             f.write(line)
             f.flush()
+        self._mirror(self.board.log, row)
         die_at(f"{row.get('phase')}:{row.get('epoch')}")
+
+    def _mirror(self, write, *items) -> None:
+        """TensorBoard's copy: a failure to write it is a warning, never the run's end."""
+        try:
+            for item in items:
+                write(item)
+        except Exception as err:  # noqa: BLE001 - the record of the run is metrics.jsonl, not this
+            self.warn(f"TensorBoard events not written: {type(err).__name__}: {err}")
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.exists():
@@ -163,6 +179,7 @@ class RunFolder:
         atomic_write(self.result_path, write, binary=False)
         die_at("result:after")
         self.error_path.unlink(missing_ok=True)
+        self._mirror(self.board.finish, result)
 
     def write_error(self, text: str, phase: str | None = None) -> None:
         """error.txt: the phase the run was in, where and when, then the traceback (its last line
