@@ -227,6 +227,8 @@ def cmd_scorecard(args) -> int:
         if not Path(folder).is_dir():
             raise ConfigError(flag, f"{folder} is not a folder")
     out = write_scorecard(args.reports, args.ablations)
+    from bench.analysis.html import write_site_index
+    out["site_index_html"] = write_site_index(args.reports, args.results)  # the index shows the scorecard
     console = Console()
     if out["frame"].empty:
         console.print(f"no committed comparison under {args.reports}/ (a report folder with runs.csv whose "
@@ -239,7 +241,7 @@ def cmd_scorecard(args) -> int:
             table.add_row(row["paper"], str(row["comparisons"]), str(row["paper_orderings"]),
                           *(str(row[c]) for c in COUNTS), row["best_matches"])
         console.print(table)
-    console.print(f"wrote {out['scorecard_md']} and {out['scorecard_csv']}")
+    console.print(f"wrote {out['scorecard_md']}, {out['scorecard_csv']} and {out['site_index_html']}")
     return 0
 
 
@@ -291,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scorecard", help="how much of each paper reproduced, over every committed comparison")
     p.add_argument("--reports", default="reports", help="the reports folder (each study's runs.csv)")
     p.add_argument("--ablations", default="ablations", help="the specs, to find each study's paper subtable")
+    p.add_argument("--results", default="results", help="the runs, for each study's state on reports/index.html")
     p.set_defaults(func=cmd_scorecard)
 
     p = sub.add_parser("status", help="done / running / pending / failed / interrupted, per run")

@@ -57,9 +57,12 @@ def test_totals_sum_the_rows_and_studies_without_a_paper_are_left_out(tmp_path):
 
 def test_the_command_prints_the_totals_and_writes_the_page(tmp_path, capsys):
     write_study(tmp_path, TABLE1C, [60.0, 60.1, 59.9], [70.0, 70.1, 69.9])
-    assert main(["scorecard", "--reports", str(tmp_path), "--ablations", str(REPO / "ablations")]) == 0
+    assert main(["scorecard", "--reports", str(tmp_path), "--ablations", str(REPO / "ablations"),
+                 "--results", str(tmp_path / "no_results")]) == 0
     out = capsys.readouterr().out
-    assert "MAE" in out and "scorecard.md" in out
+    assert "MAE" in out and "scorecard.md" in out and "index.html" in out
+    index = (tmp_path / "index.html").read_text()  # the index of every study shows the totals
+    assert 'id="scorecard-totals"' in index and TABLE1C in index
     page = (tmp_path / "scorecard.md").read_text()
     assert "| **all** | **1** | **1** | **1** | **0** | **0** | **2 of 2** |" in page
     assert "MAE Table 1c" in page

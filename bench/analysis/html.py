@@ -275,6 +275,16 @@ def scorecard_rows(path: Path) -> list[list[str]] | None:
              num(row["tau"], ".2f"), num(row["over_random_init"], "+.1f")] for row in frame.to_dict("records")]
 
 
+def scorecard_totals(path: Path) -> list[dict] | None:
+    """The scorecard's totals per paper and in all (bench.analysis.scorecard.totals); None when unreadable."""
+    from bench.analysis.scorecard import totals
+    try:
+        frame = pd.read_csv(path)
+        return totals(frame).to_dict("records") if not frame.empty else None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, KeyError):
+        return None
+
+
 def write_site_index(reports_root: Path | str, results_root: Path | str) -> Path:
     """reports/index.html: every study folder with a table.csv or runs.csv, and the scorecard."""
     root = Path(reports_root)
@@ -287,6 +297,7 @@ def write_site_index(reports_root: Path | str, results_root: Path | str) -> Path
                         "state": study_state(Path(results_root) / folder.name), "headline": headline(folder)})
     scorecard = root / "scorecard.csv"
     html = TEMPLATES.get_template("site_index.html.j2").render(
+        scorecard_totals=scorecard_totals(scorecard) if scorecard.exists() else None,
         studies=studies, study_hrefs={study["name"]: study["href"] for study in studies}, scorecard=scorecard_rows(scorecard) if scorecard.exists() else None,
         scorecard_md="scorecard.md" if (root / "scorecard.md").exists() else None)
     atomic_write_text(root / "index.html", html)
