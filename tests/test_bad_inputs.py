@@ -502,7 +502,7 @@ def test_every_committed_spec_loads_at_every_profile():
         assert study.runs, (path, profile)
         loaded.append(f"{path.relative_to(REPO)}:{profile or ''}")
     assert "ablations/mae/fig7_schedule.yaml:small_long" in loaded and "ablations/quickstart.yaml:" in loaded
-    assert len(loaded) == 60  # MAE 32, BEiT 4, SimMIM 10, SparK 8, VideoMAE 6
+    assert len(loaded) == 62  # MAE 34, BEiT 4, SimMIM 10, SparK 8, VideoMAE 6
 
 
 def test_the_quickstart_plans_with_its_data_checked():
