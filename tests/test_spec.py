@@ -227,7 +227,7 @@ def test_extends_merges_a_shared_recipe(tmp_path, tiny_base):
 def test_every_mae_ablation_spec_expands_at_both_scales():
     from pathlib import Path
     specs = sorted((Path(__file__).parent.parent / "ablations" / "mae").glob("[!_]*.yaml"))
-    assert len(specs) == 9
+    assert len(specs) == 11  # the 9 subtables and 2 Table 1f investigations
     for path in specs:
         paper, small = load_study(path), load_study(path, profile="small")
         assert paper.paper and paper.paper["source"] == "mae" and paper.axes and small.axes == paper.axes
