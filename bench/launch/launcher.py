@@ -90,14 +90,6 @@ def _launch_lock(study_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _last_error_line(folder: RunFolder, fallback: str) -> str:
-    try:
-        lines = [line for line in folder.error_path.read_text().splitlines() if line.strip()]
-        return lines[-1] if lines else fallback
-    except OSError:
-        return fallback
-
-
 def _local_threads(launch: dict) -> int:
     return launch["threads"] or max(1, (os.cpu_count() or 1) // launch["parallel"])
 
@@ -259,8 +251,8 @@ def _launch_slurm(study: Study, results_root: str, launch: dict, force: bool, wa
                     if folder.is_done():
                         outcome.done.append(rid)
                     else:
-                        outcome.failed[rid] = _last_error_line(
-                            folder, f"SLURM job {job.job_id} left the queue without a result (cancelled or killed)")
+                        outcome.failed[rid] = folder.last_error_line(
+                            f"SLURM job {job.job_id} left the queue without a result (cancelled or killed)")
                 else:
                     _collect(outcome, run, job, results_root, study.name)
                 progress.finished(run)
@@ -312,7 +304,7 @@ def _collect(outcome: LaunchOutcome, run: Run, job, results_root: str, study: st
         folder = RunFolder(results_root, study, run.run_id)
         fallback = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         _note_death(folder, fallback)
-        outcome.failed[run.run_id] = _last_error_line(folder, fallback)
+        outcome.failed[run.run_id] = folder.last_error_line(fallback)
 
 
 def _note_death(folder: RunFolder, what: str) -> None:

@@ -61,10 +61,7 @@ def end_line(folder: RunFolder) -> str:
         scores = [f"{label} {result[k]:.1f}" for k, label in EVAL_LABELS.items()
                   if isinstance(result.get(k), (int, float))]
         return "finished" + (": " + ", ".join(scores) if scores else "")
-    lines = []
-    if folder.error_path.exists():
-        lines = [line for line in folder.error_path.read_text(errors="replace").splitlines() if line.strip()]
-    return "failed: " + (lines[-1] if lines else "ended without a result")
+    return "failed: " + folder.last_error_line("ended without a result")
 
 
 class RunProgress:

@@ -125,8 +125,7 @@ def study_status(study_dir: Path | str, run_ids: list[str] | None = None) -> lis
             status.detail = f"on {describe(held)}" + (f", {held['phase']}" if held.get("phase") else "")
             status.queued = job.get("job_id") in live
         elif folder.error_path.exists():  # (a launch clears it when it submits the run again)
-            lines = [ln for ln in folder.error_path.read_text().splitlines() if ln.strip()]
-            status.state, status.detail = "failed", (lines[-1] if lines else "")
+            status.state, status.detail = "failed", folder.last_error_line()
         elif job.get("job_id") in live:
             status.state = LIVE_STATES.get(live[job["job_id"]], live[job["job_id"]].lower())
             status.queued = True

@@ -181,6 +181,14 @@ class RunFolder:
         self.error_path.unlink(missing_ok=True)
         self._mirror(self.board.finish, result)
 
+    def last_error_line(self, fallback: str = "") -> str:
+        """The last non-blank line of error.txt (what `status`, the launcher and the progress show), or `fallback`."""
+        try:
+            lines = [line for line in self.error_path.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            return fallback
+        return lines[-1] if lines else fallback
+
     def write_error(self, text: str, phase: str | None = None) -> None:
         """error.txt: the phase the run was in, where and when, then the traceback (its last line
         is what `status` and the launcher show)."""
