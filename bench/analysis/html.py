@@ -31,6 +31,7 @@ from bench.analysis.frames import METRICS, flatten_config
 from bench.analysis.matching import METRICS as PAPER_METRICS
 from bench.analysis.plots import axis_label, save_png
 from bench.analysis.report import format_markdown, setup_line
+from bench.analysis.scorecard import totals
 from bench.analysis.stats import kendall
 from bench.analysis.tables import MISSING, fmt_value
 from bench.core.files import atomic_write_text
@@ -41,7 +42,7 @@ TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templat
                         autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
 PHASES = {"pretrain": "pre-training", "linear_probe": "linear probe", "finetune": "fine-tune"}  # in order
 STATE_ORDER = ["done", "running", "pending", "interrupted", "failed", "to do"]  # bench.launch.status
-SCORECARD_COLUMNS = ["subtable", "study", "metric", "settings_in_common", "paper_orderings", "reproduced", "reversed",
+SCORECARD_COLUMNS = ["paper", "subtable", "study", "metric", "settings_in_common", "paper_orderings", "reproduced", "reversed",
                      "not_resolved", "best_matches", "tau", "over_random_init"]  # what the index shows of it
 TOP1_COLUMNS = [(col, label) for col, label in METRICS.values() if col != "knn_top1"]
 
@@ -259,30 +260,23 @@ def study_state(results_dir: Path) -> str:
     return f"{counts.get('done', 0)} of {len(statuses)} runs done" + (f", {others}" if others else "")
 
 
-def scorecard_rows(path: Path) -> list[list[str]] | None:
-    """scorecard.csv's rows as the cells of the index's table (the study's second); None when it has none."""
+def read_scorecard(path: Path) -> pd.DataFrame | None:
+    """reports/scorecard.csv, or None when it is missing, empty, unreadable or not a scorecard."""
     try:
         frame = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError):
         return None
+    return frame if not frame.empty and set(SCORECARD_COLUMNS) <= set(frame.columns) else None
+
+
+def scorecard_rows(frame: pd.DataFrame) -> list[list[str]]:
+    """The scorecard's rows as the cells of the index's table (the study's second)."""
     def num(value, fmt):
         return MISSING if pd.isna(value) else format(value, fmt)
-    if not set(SCORECARD_COLUMNS) <= set(frame.columns):
-        return None
     return [[row["subtable"], row["study"], row["metric"], str(row["settings_in_common"]), str(row["paper_orderings"]),
              str(row["reproduced"]), str(row["reversed"]), str(row["not_resolved"]),
              MISSING if pd.isna(row["best_matches"]) else ("same" if str(row["best_matches"]) == "True" else "differs"),
              num(row["tau"], ".2f"), num(row["over_random_init"], "+.1f")] for row in frame.to_dict("records")]
-
-
-def scorecard_totals(path: Path) -> list[dict] | None:
-    """The scorecard's totals per paper and in all (bench.analysis.scorecard.totals); None when unreadable."""
-    from bench.analysis.scorecard import totals
-    try:
-        frame = pd.read_csv(path)
-        return totals(frame).to_dict("records") if not frame.empty else None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, KeyError):
-        return None
 
 
 def write_site_index(reports_root: Path | str, results_root: Path | str) -> Path:
@@ -295,10 +289,11 @@ def write_site_index(reports_root: Path | str, results_root: Path | str) -> Path
         page = folder / ("index.html" if (folder / "index.html").exists() else "table.md")
         studies.append({"name": folder.name, "href": link(page, root) if page.exists() else None,
                         "state": study_state(Path(results_root) / folder.name), "headline": headline(folder)})
-    scorecard = root / "scorecard.csv"
+    scorecard = read_scorecard(root / "scorecard.csv")
     html = TEMPLATES.get_template("site_index.html.j2").render(
-        scorecard_totals=scorecard_totals(scorecard) if scorecard.exists() else None,
-        studies=studies, study_hrefs={study["name"]: study["href"] for study in studies}, scorecard=scorecard_rows(scorecard) if scorecard.exists() else None,
+        studies=studies, study_hrefs={study["name"]: study["href"] for study in studies},
+        scorecard=scorecard_rows(scorecard) if scorecard is not None else None,
+        scorecard_totals=totals(scorecard).to_dict("records") if scorecard is not None else None,
         scorecard_md="scorecard.md" if (root / "scorecard.md").exists() else None)
     atomic_write_text(root / "index.html", html)
     return root / "index.html"
