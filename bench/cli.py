@@ -5,6 +5,8 @@
     mimbench report results/quickstart               tables and plots from finished runs
     mimbench run ablations/mae/fig5_mask_ratio.yaml --profile small    a spec at one of its scales
     mimbench report results/mae_fig5_mask_ratio-small [--paper mae:fig5]   ours beside the paper's
+    mimbench run ablations/masking_across_methods.yaml --profile small   a collection: each arm in turn
+    mimbench report ablations/masking_across_methods.yaml --profile small   the arms side by side
     mimbench status quickstart                       done / running / pending / failed per run
     mimbench scorecard                               how much of each paper reproduced, every comparison
     mimbench cancel quickstart                       scancel the study's live SLURM jobs
@@ -63,13 +65,30 @@ def _format_value(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def cmd_plan(args) -> int:
+def _studies(args) -> list:
+    """The studies a spec names: itself, or a collection's arms (bench.study.arms); data checked."""
+    from bench.study.arms import is_collection, load_collection
     from bench.study.spec import check_data, load_study
+
+    if is_collection(args.spec):
+        studies = load_collection(args.spec, _launch_overrides(args), args.profile).arms
+    else:
+        studies = [load_study(args.spec, _launch_overrides(args), args.profile)]
+    for study in studies:
+        check_data(study)  # the data root and the dataset's files, before anything is listed or runs
+    return studies
+
+
+def cmd_plan(args) -> int:
+    out = Console()
+    for study in _studies(args):
+        _plan_study(study, args, out)
+    return 0
+
+
+def _plan_study(study, args, out: Console) -> None:
     from bench.launch.store import RunFolder
 
-    study = load_study(args.spec, _launch_overrides(args), args.profile)
-    check_data(study)  # the data root and the dataset's files, before anything is listed as to run
-    out = Console()
     statuses = {}
     for run in study.runs:
         folder = RunFolder(args.results, study.name, run.run_id)
@@ -94,7 +113,6 @@ def cmd_plan(args) -> int:
                  if i == 0 else "" for i, a in enumerate(study.axes)]
         table.add_row(run.run_id, *cells, str(run.config["seed"]), statuses[run.run_id])
     out.print(table)
-    return 0
 
 
 def _print_report(paths: dict, out: Console) -> None:
@@ -109,12 +127,19 @@ def _print_report(paths: dict, out: Console) -> None:
 
 
 def cmd_run(args) -> int:
+    studies = _studies(args)  # a collection's arms all checked before the first runs
+    failed = sum(_run_study(study, args) for study in studies)
+    from bench.study.arms import is_collection
+    if is_collection(args.spec) and not args.no_report and not args.no_wait:
+        _write_across(args.spec, args.profile, args.reports)
+    return 1 if failed else 0
+
+
+def _run_study(study, args) -> bool:
+    """Run one study's unfinished runs and write its report; True when a run failed."""
     from bench.launch.launcher import launch_study
     from bench.analysis.report import write_report
-    from bench.study.spec import check_data, load_study
 
-    study = load_study(args.spec, _launch_overrides(args), args.profile)
-    check_data(study)  # the data root and the dataset's files, before anything runs
     err = Console(stderr=True)
     total = len(study.runs)
     err.print(f"study [bold]{study.name}[/]: {total} runs, executor {study.launch['executor']}")
@@ -129,13 +154,21 @@ def cmd_run(args) -> int:
         err.print(f"[red]failed[/] {rid}: {line} (traceback in {Path(args.results) / study.name / rid / 'error.txt'})")
     if not args.no_report and not outcome.submitted and (outcome.done or outcome.skipped):
         _print_report(write_report(Path(args.results) / study.name, args.reports, study.description), Console())
-    return 1 if outcome.failed else 0
+    return bool(outcome.failed)
 
 
 def cmd_report(args) -> int:
     from bench.papers import parse_paper_ref, subtable
     from bench.analysis.report import write_report
 
+    from bench.study.arms import is_collection
+    if is_collection(args.study_dir):
+        if args.paper:
+            raise ConfigError("--paper", "a collection's arms are compared with each other; allowed: no --paper")
+        _write_across(args.study_dir, args.profile, args.reports)
+        return 0
+    if args.profile:
+        raise ConfigError("--profile", "only with a collection (a file with `arms`); a study folder is one profile")
     study_dir = Path(args.study_dir)
     if not study_dir.is_dir():
         raise ConfigError("STUDY_DIR", f"{study_dir} is not a folder; allowed: results/<study>")
@@ -144,6 +177,16 @@ def cmd_report(args) -> int:
     paths = write_report(study_dir, args.reports, paper=args.paper)
     _print_report(paths, Console())
     return 0
+
+
+def _write_across(path, profile: str | None, reports: str) -> None:
+    from bench.analysis.across import write_across_report
+    from bench.study.arms import load_collection
+
+    paths = write_across_report(load_collection(path, profile=profile), profile, reports)
+    out = Console()
+    out.print(Path(paths["table_md"]).read_text())
+    out.print("wrote " + ", ".join(str(paths[k]) for k in ("table_md", "table_csv", "heatmap")))
 
 
 def _study_dir(args) -> Path:
@@ -284,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="write tables and plots for a study's finished runs")
-    p.add_argument("study_dir", help="results/<study>")
+    p.add_argument("study_dir", help="results/<study>, or a collection's file (its `arms` compared)")
+    p.add_argument("--profile", help="with a collection: the arms' profile, e.g. small")
     p.add_argument("--reports", default="reports")
     p.add_argument("--paper", help="compare with a paper's subtable, PAPER:SUBTABLE (e.g. mae:table1f); "
                                    "default: the one the study's spec names")
