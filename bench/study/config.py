@@ -128,6 +128,8 @@ SCHEMA: dict = {
         "precision": Option("fp32", str, choices=("fp32", "bf16"),
                             help="bf16: the forward and backward under bfloat16 autocast (weights, "
                                  "optimizer state and the loss's reduction stay fp32) — the GPU recipe"),
+        "accum_iter": Option(1, int, low=1, help="gradient accumulation (MAE's accum_iter): each process's share "
+                                                 "of batch_size in this many micro-batches; the same update"),
     },
     "evals": {
         "linear_probe": {  # MAE Table 10: LARS, blr 0.1, no weight decay, BN without affine
@@ -156,6 +158,8 @@ SCHEMA: dict = {
             "label_smoothing": Option(0.1, float, low=0.0, high=1.0),
             "feature": Option("avgpool", str, choices=("cls", "avgpool")),
             "augmentation": Option("crop_rand", str, choices=list_augmentations),
+            "accum_iter": Option(1, int, low=1, help="gradient accumulation: each process's share of batch_size "
+                                                     "in this many micro-batches; the same update"),
             "blocks": Option(None, float, low=0.0, nullable=True,
                              help="partial fine-tuning (MAE Fig. 9): tune only the last k blocks (0.5 = the MLP "
                                   "half of the last block; 0 = the head alone); null = all blocks"),
@@ -252,6 +256,13 @@ def resolve(partial: dict | None) -> dict:
     if blocks is not None and blocks != 0.5 and (blocks != int(blocks) or blocks > model["depth"]):
         raise ConfigError("evals.finetune.blocks", f"{blocks!r} is not allowed; allowed: null, 0.5, or a whole "
                           f"number of blocks 0..{model['depth']}")
+    for section in ("pretrain", "evals.finetune"):
+        node = cfg
+        for part in section.split("."):
+            node = node[part]
+        if node["batch_size"] % node["accum_iter"]:
+            raise ConfigError(f"{section}.accum_iter", f"{node['accum_iter']} does not divide {section}.batch_size "
+                              f"{node['batch_size']}; allowed: a divisor of the batch")
     for section in ("pretrain", "evals.linear_probe", "evals.finetune"):
         node = cfg
         for part in section.split("."):

@@ -51,6 +51,8 @@ ADDED_LATER = {
     "data.frames": None,
     "data.frame_stride": 1,
     "model.tubelet_size": None,
+    "pretrain.accum_iter": 1,
+    "evals.finetune.accum_iter": 1,
 }
 
 
@@ -90,6 +92,9 @@ HASH_EXEMPT: dict[str, Callable[[Any, dict], bool]] = {
     "data.frames": _at_old_value("data.frames"),
     "data.frame_stride": _at_old_value("data.frame_stride"),
     "model.tubelet_size": _at_old_value("model.tubelet_size"),
+    # gradient accumulation: one micro-batch per step is what every run before it did
+    "pretrain.accum_iter": _at_old_value("pretrain.accum_iter"),
+    "evals.finetune.accum_iter": _at_old_value("evals.finetune.accum_iter"),
 }
 
 

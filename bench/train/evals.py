@@ -124,16 +124,25 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def _train_epoch(optimizer, batches, loss_of: Callable, lr_of_step: Callable, phase: str,
-                 epoch: int) -> tuple[list, int, float]:
+                 epoch: int, accum: int = 1) -> tuple[list, int, float]:
     """One epoch of (inputs, labels) batches: lr set every step. Returns (losses, samples seen, last lr);
-    a non-finite loss fails the run, naming the phase, epoch and step (checked once per epoch)."""
+    a non-finite loss fails the run, naming the phase, epoch and step (checked once per epoch).
+    With `accum` > 1 each batch's forward and backward run as that many micro-batches, each loss
+    (a mean over its samples) weighted by its share of the batch: the batch's gradient, one update."""
     losses, seen, lr = [], 0, math.nan
     for step, (inputs, y) in enumerate(batches):
         lr = lr_of_step(step)
         set_lr(optimizer, lr)
-        loss = loss_of(inputs, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if accum == 1:
+            loss = loss_of(inputs, y)
+            loss.backward()
+        else:
+            loss = 0.0
+            for part_x, part_y in zip(inputs.tensor_split(accum), y.tensor_split(accum)):
+                part = loss_of(part_x, part_y) * (len(part_y) / len(y))
+                part.backward()  # accumulates into .grad
+                loss = loss + part.detach()
         optimizer.step()
         losses.append(loss.detach())
         seen += len(y)
@@ -218,13 +227,13 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
         vit.train()
         epoch_start = time.perf_counter()
         gen = epoch_generator(cfg["seed"], epoch, device, stream=2)
+        batches = ((_inputs(images, ecfg["augmentation"], img_size, train_set, gen), y)  # the whole batch's
+                   for images, y in train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1,  # augmentation
+                                                      epoch=epoch, drop_last=True, device=device))
         losses, seen, lr = _train_epoch(
-            optimizer,
-            train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1, epoch=epoch, drop_last=True,
-                              device=device),
-            lambda images, y: criterion(vit(_inputs(images, ecfg["augmentation"], img_size, train_set, gen)), y),
+            optimizer, batches, lambda x, y: criterion(vit(x), y),
             lambda step: lr_at(epoch + step / steps_per_epoch, base_lr, ecfg["min_lr"], ecfg["warmup_epochs"],
-                               ecfg["epochs"]), "finetune", epoch)
+                               ecfg["epochs"]), "finetune", epoch, accum=ecfg.get("accum_iter", 1))
         log({"phase": "finetune", "epoch": epoch + 1, "loss": torch.stack(losses).mean().item(), "lr": lr,
              "images_per_s": seen / (time.perf_counter() - epoch_start), "wall_s": time.perf_counter() - start})
     vit.eval()

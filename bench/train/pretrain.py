@@ -16,6 +16,7 @@ tensors on one core beat the same tensors split across cores (see the README's s
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,17 +45,22 @@ MAX_CPU_PARTS = 8  # more Python threads than this would queue on the interprete
 
 
 class SplitStep:
-    """Forward and backward of a batch as `parts` sub-batches, one per thread of one core each.
+    """Forward and backward of a batch as `parts` sub-batches, one per thread of one core each,
+    and, with `accum` > 1, as `accum` micro-batches one after another (gradient accumulation,
+    MAE's accum_iter: the memory of one micro-batch, the update of the whole batch).
 
     Each part's loss (a mean over its masked patches, or all with loss_on_all) is weighted by its
     share of the batch's scored patches, so the parts' gradients, summed in a fixed order, are the batch's gradient
     (to float rounding): the same loss and update as one forward and backward of the batch.
-    With parts=1 it is exactly that one forward and backward. precision "bf16" runs each forward
-    under bfloat16 autocast (autocast is per thread, so each part enters its own).
+    With parts=1 and accum=1 it is exactly that one forward and backward. precision "bf16" runs
+    each forward under bfloat16 autocast (autocast is per thread, so each part enters its own).
+    Under DDP, gradients are synchronised once, on the last micro-batch (`no_sync` before it).
     """
 
-    def __init__(self, model: torch.nn.Module, parts: int, precision: str = "fp32", loss_on_all: bool = False):
+    def __init__(self, model: torch.nn.Module, parts: int, precision: str = "fp32", loss_on_all: bool = False,
+                 accum: int = 1):
         self.model, self.parts, self.precision, self.loss_on_all = model, parts, precision, loss_on_all
+        self.accum = accum
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.pool = ThreadPoolExecutor(parts, thread_name_prefix="mimbench-part") if parts > 1 else None
 
@@ -72,16 +78,33 @@ class SplitStep:
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor, target, full_pred: bool = False) -> torch.Tensor:
         """Set every parameter's .grad to the gradient of the batch's loss; return the loss."""
-        parts = min(self.parts, x.shape[0])
-        if parts == 1:
+        parts, accum = min(self.parts, x.shape[0]), min(self.accum, x.shape[0])
+        for p in self.params:
+            p.grad = None
+        if parts == 1 and accum == 1:
             loss = self._forward(x, mask, target, full_pred)
-            for p in self.params:
-                p.grad = None
             loss.backward()
             return loss.detach()
         scored = torch.ones_like(mask) if self.loss_on_all else mask  # the patches the loss averages over
         total = scored.sum()
-        edges = [i * x.shape[0] // parts for i in range(parts + 1)]
+        micro = [i * x.shape[0] // accum for i in range(accum + 1)]
+        loss = None
+        for m in range(accum):
+            last = m == accum - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                part_loss = self._micro(x, mask, scored, total, micro[m], micro[m + 1], parts, target, full_pred)
+            loss = part_loss if loss is None else loss + part_loss
+        return loss
+
+    def _micro(self, x, mask, scored, total, lo: int, hi: int, parts: int, target, full_pred: bool) -> torch.Tensor:
+        """Add the gradient of rows lo:hi's share of the batch's loss to every .grad; return that share."""
+        parts = min(parts, hi - lo)
+        if parts == 1:
+            loss = self._forward(x[lo:hi], mask[lo:hi], target, full_pred) * (scored[lo:hi].sum() / total)
+            loss.backward()  # accumulates into .grad
+            return loss.detach()
+        edges = [lo + i * (hi - lo) // parts for i in range(parts + 1)]
 
         def part(i: int):
             sub_mask = mask[edges[i]:edges[i + 1]]
@@ -96,10 +119,8 @@ class SplitStep:
         finally:
             torch.set_num_threads(threads)
         for j, p in enumerate(self.params):
-            grads = [r[1][j] for r in results if r[1][j] is not None]
-            p.grad = None if not grads else grads[0]
-            for g in grads[1:]:
-                p.grad.add_(g)
+            for g in (r[1][j] for r in results if r[1][j] is not None):
+                p.grad = g if p.grad is None else p.grad.add_(g)
         loss = results[0][0]
         for r in results[1:]:
             loss = loss + r[0]
@@ -166,7 +187,7 @@ def build_pretraining(cfg: dict, train_set, device: torch.device, cache_dir=None
     if compile:
         step_model = torch.compile(step_model)
     split_step = SplitStep(step_model, 1 if compile else SplitStep.parts_for(device, world), pcfg["precision"],
-                           loss_on_all=pcfg.get("loss_on") == "all")
+                           loss_on_all=pcfg.get("loss_on") == "all", accum=pcfg.get("accum_iter", 1))
     step = PretrainStep(cfg, model, target, optimizer, split_step, method.mask_grid(cfg), train_set.mean,
                         train_set.std, share)
     return method, model, step
