@@ -24,6 +24,7 @@ from bench.masking import list_strategies
 from bench.methods import list_methods, list_presets
 from bench.methods import preset as preset_numbers
 from bench.targets import list_targets
+from bench.train.finetune_recipe import check_rand_augment
 from bench.study.model_checks import HEADS, LOSSES, check_arch, check_loss, check_video, resolve_head
 
 
@@ -163,6 +164,15 @@ SCHEMA: dict = {
             "blocks": Option(None, float, low=0.0, nullable=True,
                              help="partial fine-tuning (MAE Fig. 9): tune only the last k blocks (0.5 = the MLP "
                                   "half of the last block; 0 = the head alone); null = all blocks"),
+            # the rest of MAE's recipe (Table 9: 0.8, 1.0, rand-m9-mstd0.5-inc1, 0.25), off by default;
+            # bench.train.finetune_recipe, from timm's Mixup, RandAugment and RandomErasing
+            "mixup": Option(0.0, float, low=0.0, help="mixup alpha; with cutmix > 0, mixup or cutmix per batch "
+                                                      "(switch prob 0.5), soft targets; 0 = off"),
+            "cutmix": Option(0.0, float, low=0.0, help="cutmix alpha; 0 = off"),
+            "rand_augment": Option(None, str, nullable=True, help="timm's RandAugment string, e.g. "
+                                                                  "rand-m9-mstd0.5-inc1; null = off"),
+            "reprob": Option(0.0, float, low=0.0, high=1.0, help="random erasing probability per sample "
+                                                                 "(mode pixel, one box); 0 = off"),
         },
         "knn": {  # a weighted k-nearest-neighbour classifier on frozen features (cosine similarity)
             "enabled": Option(False, bool),
@@ -256,6 +266,7 @@ def resolve(partial: dict | None) -> dict:
     if blocks is not None and blocks != 0.5 and (blocks != int(blocks) or blocks > model["depth"]):
         raise ConfigError("evals.finetune.blocks", f"{blocks!r} is not allowed; allowed: null, 0.5, or a whole "
                           f"number of blocks 0..{model['depth']}")
+    check_finetune_recipe(cfg)
     for section in ("pretrain", "evals.finetune"):
         node = cfg
         for part in section.split("."):
@@ -271,6 +282,18 @@ def resolve(partial: dict | None) -> dict:
             raise ConfigError(f"{section}.warmup_epochs",
                               f"{node['warmup_epochs']} exceeds {section}.epochs {node['epochs']}")
     return cfg
+
+
+def check_finetune_recipe(cfg: dict) -> None:
+    """The fine-tune's RandAugment string parses with timm; mixup and cutmix pair a batch with its
+    reverse, so they need an even batch."""
+    ecfg = cfg["evals"]["finetune"]
+    if ecfg["rand_augment"] is not None:
+        check_rand_augment(ecfg["rand_augment"])
+    if (ecfg["mixup"] > 0 or ecfg["cutmix"] > 0) and ecfg["batch_size"] % 2:
+        key = "mixup" if ecfg["mixup"] > 0 else "cutmix"
+        raise ConfigError(f"evals.finetune.{key}", f"{ecfg[key]} pairs a batch with its reverse: needs an even "
+                          f"evals.finetune.batch_size, not {ecfg['batch_size']}; allowed: 0 with an odd batch")
 
 
 def check_fits(cfg: dict) -> None:

@@ -53,6 +53,10 @@ ADDED_LATER = {
     "model.tubelet_size": None,
     "pretrain.accum_iter": 1,
     "evals.finetune.accum_iter": 1,
+    "evals.finetune.mixup": 0.0,
+    "evals.finetune.cutmix": 0.0,
+    "evals.finetune.rand_augment": None,
+    "evals.finetune.reprob": 0.0,
 }
 
 
@@ -95,6 +99,11 @@ HASH_EXEMPT: dict[str, Callable[[Any, dict], bool]] = {
     # gradient accumulation: one micro-batch per step is what every run before it did
     "pretrain.accum_iter": _at_old_value("pretrain.accum_iter"),
     "evals.finetune.accum_iter": _at_old_value("evals.finetune.accum_iter"),
+    # the rest of MAE's fine-tune recipe (bench.train.finetune_recipe): off is what every run before it did
+    "evals.finetune.mixup": _at_old_value("evals.finetune.mixup"),
+    "evals.finetune.cutmix": _at_old_value("evals.finetune.cutmix"),
+    "evals.finetune.rand_augment": _at_old_value("evals.finetune.rand_augment"),
+    "evals.finetune.reprob": _at_old_value("evals.finetune.reprob"),
 }
 
 

@@ -5,7 +5,9 @@
                   the patch tokens — is a config key and goes into the result. With augmentation
                   "none" the features are computed once; the batches are the same either way.
     finetune      all weights, AdamW with layer-wise lr decay, drop path, label smoothing
-                  (MAE section A.3). The accuracy reported is the last epoch's, not the best.
+                  (MAE section A.3); RandAugment, random erasing and mixup / cutmix with soft
+                  targets when their keys are on (bench.train.finetune_recipe). The accuracy
+                  reported is the last epoch's, not the best.
                   `blocks` set: partial fine-tuning (MAE Figure 9) — only the last k blocks
                   (0.5: the MLP half of the last block, norm2 + mlp; 0: nothing) are tuned, with
                   the final norm and the head; everything else is frozen and left out of the
@@ -33,6 +35,7 @@ from bench.core.registry import Registry
 from bench.data.augment import augment, normalize
 from bench.data.datasets import batch_order
 from bench.methods import create_method
+from bench.train.finetune_recipe import FinetuneRecipe
 from bench.train.optim import LARS, layer_decay_groups, lr_at, scaled_lr, set_lr
 from bench.train.pretrain import epoch_generator
 
@@ -220,16 +223,20 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
     batch_size = min(ecfg["batch_size"], len(train_set))
     base_lr = scaled_lr(ecfg["blr"], batch_size)
     optimizer = torch.optim.AdamW(layer_decay_groups(vit, ecfg["weight_decay"], ecfg["layer_decay"]), lr=base_lr)
-    criterion = nn.CrossEntropyLoss(label_smoothing=ecfg["label_smoothing"])
+    recipe = FinetuneRecipe(ecfg, train_set, img_size, cfg["seed"])  # RandAugment, erasing, mixup/cutmix
+    criterion = recipe.criterion()
     steps_per_epoch = len(train_set) // batch_size
     start = time.perf_counter()
     for epoch in range(ecfg["epochs"]):
         vit.train()
         epoch_start = time.perf_counter()
         gen = epoch_generator(cfg["seed"], epoch, device, stream=2)
-        batches = ((_inputs(images, ecfg["augmentation"], img_size, train_set, gen), y)  # the whole batch's
-                   for images, y in train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1,  # augmentation
-                                                      epoch=epoch, drop_last=True, device=device))
+        loader = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1, epoch=epoch, drop_last=True,
+                                   device=device)
+        if recipe.active:  # the whole batch's augmentation and mixing, before any micro-batches
+            batches = (recipe(images, y, gen, epoch, step) for step, (images, y) in enumerate(loader))
+        else:
+            batches = ((_inputs(images, ecfg["augmentation"], img_size, train_set, gen), y) for images, y in loader)
         losses, seen, lr = _train_epoch(
             optimizer, batches, lambda x, y: criterion(vit(x), y),
             lambda step: lr_at(epoch + step / steps_per_epoch, base_lr, ecfg["min_lr"], ecfg["warmup_epochs"],
