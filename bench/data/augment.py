@@ -67,11 +67,14 @@ def crop_params(n: int, preset: str, generator: torch.Generator, device) -> torc
     return theta
 
 
-def color_jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def color_jitter(x: torch.Tensor, generator: torch.Generator, share: tuple[int, slice] | None = None) -> torch.Tensor:
     """Brightness, contrast and saturation, each a factor uniform in [1-0.4, 1+0.4] per sample
-    (per clip of B×C×T×H×W clips: the same factors for all its frames)."""
-    n = x.shape[0]
+    (per clip of B×C×T×H×W clips: the same factors for all its frames). `share`: x is rows
+    `rows` of a batch of `n` (n, rows): the factors are drawn for the n and x gets its rows'."""
+    n = x.shape[0] if share is None else share[0]
     factors = _uniform(3 * n, 1 - JITTER, 1 + JITTER, generator, x.device).view(3, n, 1, 1, 1)
+    if share is not None:
+        factors = factors[:, share[1]]
     if x.dim() == 5:  # clips: frames into the batch, each frame with its clip's factors
         b, c, t, h, w = x.shape
         frames = x.transpose(1, 2).reshape(b * t, c, h, w)
@@ -90,9 +93,14 @@ def _jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def augment(images: torch.Tensor, preset: str, out_size: int, generator: torch.Generator | None) -> torch.Tensor:
+def augment(images: torch.Tensor, preset: str, out_size: int, generator: torch.Generator | None,
+            share: tuple[int, slice] | None = None) -> torch.Tensor:
     """uint8 B×C×H×W → float B×C×out×out in [0, 1], augmented by `preset`; clips B×C×T×H×W →
-    B×C×T×out×out, every frame of a clip augmented alike."""
+    B×C×T×out×out, every frame of a clip augmented alike.
+
+    `share` = (n, rows): `images` are rows `rows` of a batch of n (a DDP rank's share, bench.data.shards).
+    The random numbers are drawn for all n, so each row gets what it gets in the whole batch and the
+    ranks' shares together are the single-process batch; only the share's pixels are computed."""
     if not is_augmentation(preset):
         raise ValueError(f"augmentation {preset!r} is not one of {', '.join(list_augmentations())}")
     x = images.float().div_(255)
@@ -103,13 +111,14 @@ def augment(images: torch.Tensor, preset: str, out_size: int, generator: torch.G
         if x.shape[-1] != out_size or x.shape[-2] != out_size:
             x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
     else:
-        theta = crop_params(x.shape[0], preset, generator, x.device)
+        theta = crop_params(x.shape[0] if share is None else share[0], preset, generator, x.device)
+        theta = theta if share is None else theta[share[1]]
         grid = F.affine_grid(theta, [x.shape[0], x.shape[1], out_size, out_size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if clips is not None:
         x = x.view(clips[0], clips[1], clips[2], out_size, out_size)
     if preset == "crop_color":
-        x = color_jitter(x, generator)
+        x = color_jitter(x, generator, share)
     return x
 
 

@@ -30,6 +30,7 @@ import torch
 from bench.core import registry
 from bench.core.errors import ConfigError
 from bench.data import dataset_entry, find_root
+from bench.data.shards import WHOLE, Shard, share, step_rows
 from bench.data.files import (IMAGE_MODES, SYNTHETIC_SIZES, class_folders, idx_file, imagefolder_split, limit_error,
                               list_split)
 from bench.data.subset import stratified_subset
@@ -73,17 +74,20 @@ class ImageSet:
         return self._on_device[key]
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                drop_last: bool = False, device="cpu", start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of (uint8 images, labels) on `device`, from batch number `start` on."""
+                drop_last: bool = False, device="cpu", start: int = 0,
+                shard: Shard = WHOLE) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of (uint8 images, labels) on `device`, from batch number `start` on; with
+        `shard` (rank, world), this rank's share of each (bench.data.shards)."""
         images, labels = self.on(device)
         n = len(self)
         order = batch_order(n, seed, epoch).to(images.device) if shuffle else None
         stop = n - n % batch_size if drop_last else n
         for start in range(start * batch_size, stop, batch_size):
+            rows = share(min(batch_size, n - start), *shard)
             if order is None:
-                yield images[start:start + batch_size], labels[start:start + batch_size]
+                yield images[start:start + batch_size][rows], labels[start:start + batch_size][rows]
             else:
-                idx = order[start:start + batch_size]
+                idx = order[start:start + batch_size][rows]
                 yield images[idx], labels[idx]
 
 
@@ -150,6 +154,20 @@ class _FolderImages(torch.utils.data.Dataset):
                                              f"{' '.join(str(err).split())}); expected a JPEG, PNG or other image", path)
 
 
+class _Steps:
+    """A DataLoader's batch sampler whose steps (lists of sample indices) are set before each pass,
+    so one loader, and its persistent workers, serve every epoch."""
+
+    def __init__(self):
+        self.steps: list[list] = []
+
+    def __iter__(self):
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
 def _collate(items: list):
     bad = next((item for item in items if isinstance(item, Unreadable)), None)
     return bad if bad is not None else torch.utils.data.default_collate(items)
@@ -188,6 +206,7 @@ class ImageFolderSet:
         self.mean, self.std = dataset_entry("imagefolder").stats
         self.length = len(samples)
         self.labels = torch.tensor([lab for _, lab in samples], dtype=torch.int64)
+        self._loader: dict[str, torch.utils.data.DataLoader] = {}
 
     channels = 3
     frames = None  # images, not clips
@@ -200,14 +219,18 @@ class ImageFolderSet:
         return self.length
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                drop_last: bool = False, device="cpu", start: int = 0):
+                drop_last: bool = False, device="cpu", start: int = 0, shard: Shard = WHOLE):
+        """Batches of (uint8 images, labels) on `device`, decoded by the loader's workers; with `shard`
+        (rank, world), only this rank's share of each (bench.data.shards) is read and decoded."""
         order = batch_order(self.length, seed, epoch).tolist() if shuffle else list(range(self.length))
-        order = order[start * batch_size:]
-        workers = loader_workers() if self.workers is None else self.workers
-        loader = torch.utils.data.DataLoader(
-            _FolderImages([self.samples[i] for i in order], self.transform), batch_size=batch_size, shuffle=False,
-            num_workers=workers, drop_last=drop_last, pin_memory=torch.device(device).type == "cuda",
-            persistent_workers=False, collate_fn=_collate)
+        loader = self._loader.get(str(device))
+        if loader is None:  # one loader per device: its workers stay up from one pass to the next
+            workers = loader_workers() if self.workers is None else self.workers
+            loader = torch.utils.data.DataLoader(
+                _FolderImages(self.samples, self.transform), batch_sampler=_Steps(), num_workers=workers,
+                pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0, collate_fn=_collate)
+            self._loader[str(device)] = loader
+        loader.batch_sampler.steps = step_rows(order, batch_size, drop_last, start, shard)
         for batch in loader:
             if isinstance(batch, Unreadable):
                 raise batch.error()

@@ -46,9 +46,11 @@ import torch.nn.functional as F
 
 from bench.core.errors import ConfigError
 from bench.data import dataset_entry, find_root
-from bench.data.datasets import ImageSet, Unreadable, _collate, _read_idx, batch_order, in_memory, loader_workers
+from bench.data.datasets import (ImageSet, Unreadable, _Steps, _collate, _read_idx, batch_order, in_memory,
+                                 loader_workers)
 from bench.data.files import (FRAME_START, FRAME_TEMPLATE, MOVING_FASHION_MNIST, VIDEO_EXTENSIONS, idx_file,
                               limit_error, videofolder_samples)
+from bench.data.shards import WHOLE, Shard, step_rows
 from bench.data.subset import stratified_subset
 
 
@@ -185,18 +187,17 @@ def read_clip(path: str, total: int | None, frames: int, stride: int, key: int |
 class _Clips(torch.utils.data.Dataset):
     """(path, frames, label) samples read by `read_clip`; a clip that fails is an Unreadable."""
 
-    def __init__(self, samples: list, indices: list[int], frames: int, stride: int, load_size: int,
-                 starts: tuple[int, int] | None):
-        self.samples, self.indices, self.frames, self.stride = samples, indices, frames, stride
-        self.load_size, self.starts = load_size, starts
+    def __init__(self, samples: list, frames: int, stride: int, load_size: int):
+        self.samples, self.frames, self.stride, self.load_size = samples, frames, stride, load_size
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.samples)
 
-    def __getitem__(self, k: int):
-        index = self.indices[k]
+    def __getitem__(self, item: tuple[int, tuple[int, int] | None]):
+        """item: (sample index, (seed, epoch) of a training pass — its random clip starts — or None)."""
+        index, starts = item
         path, total, label = self.samples[index]
-        key = None if self.starts is None else start_key(*self.starts, index)
+        key = None if starts is None else start_key(*starts, index)
         try:
             return read_clip(path, total, self.frames, self.stride, key, self.load_size), label
         except ConfigError as err:
@@ -225,6 +226,7 @@ class VideoFolderSet:
         self.load_size, self.frames, self.stride, self.workers = load_size, frames, stride, workers
         self.mean, self.std = dataset_entry(name).stats
         self.labels = torch.tensor([s[2] for s in samples], dtype=torch.int64)
+        self._loader: dict[str, torch.utils.data.DataLoader] = {}
 
     @property
     def size(self) -> int:
@@ -234,14 +236,21 @@ class VideoFolderSet:
         return len(self.samples)
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                drop_last: bool = False, device="cpu", start: int = 0):
+                drop_last: bool = False, device="cpu", start: int = 0, shard: Shard = WHOLE):
+        """Batches of (uint8 clips, labels) on `device`, decoded by the loader's workers; with `shard`
+        (rank, world), only this rank's share of each (bench.data.shards) is read and decoded."""
         order = batch_order(len(self), seed, epoch).tolist() if shuffle else list(range(len(self)))
         starts = (seed, epoch) if shuffle and self.split == "train" else None
-        workers = loader_workers() if self.workers is None else self.workers
-        loader = torch.utils.data.DataLoader(
-            _Clips(self.samples, order[start * batch_size:], self.frames, self.stride, self.load_size, starts),
-            batch_size=batch_size, shuffle=False, num_workers=workers, drop_last=drop_last,
-            pin_memory=torch.device(device).type == "cuda", persistent_workers=False, collate_fn=_collate)
+        loader = self._loader.get(str(device))
+        if loader is None:  # one loader per device: its workers stay up from one pass to the next
+            workers = loader_workers() if self.workers is None else self.workers
+            loader = torch.utils.data.DataLoader(
+                _Clips(self.samples, self.frames, self.stride, self.load_size), batch_sampler=_Steps(),
+                num_workers=workers, pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0,
+                collate_fn=_collate)
+            self._loader[str(device)] = loader
+        loader.batch_sampler.steps = [[(i, starts) for i in rows]
+                                      for rows in step_rows(order, batch_size, drop_last, start, shard)]
         for batch in loader:
             if isinstance(batch, Unreadable):
                 raise batch.error()

@@ -27,6 +27,7 @@ import torch
 from bench import masking
 from bench.core.errors import NonFiniteError
 from bench.data.augment import augment, normalize
+from bench.data.shards import WHOLE, Shard, share
 from bench.methods import create_method
 from bench.targets import create_target
 from bench.targets.pixels import with_loss
@@ -138,9 +139,10 @@ class PretrainStep:
     `grid` is the method's mask_grid: (h, w) for images, (T', h, w) for clips (VideoMAE)."""
 
     def __init__(self, cfg: dict, model: torch.nn.Module, target, optimizer, split_step: SplitStep,
-                 grid: tuple[int, ...], mean, std, share: slice = slice(None)):
+                 grid: tuple[int, ...], mean, std, shard: Shard = WHOLE, batch_size: int | None = None):
         self.cfg, self.model, self.target, self.optimizer = cfg, model, target, optimizer
-        self.split_step, self.grid, self.mean, self.std, self.share = split_step, grid, mean, std, share
+        self.split_step, self.grid, self.mean, self.std, self.shard = split_step, grid, mean, std, shard
+        self.batch_size = batch_size  # the global batch a shard is cut from (needed when shard[1] > 1)
         self.full_pred = False  # True: the decoder predicts every patch (same loss; the speed bench's ablation)
         # the decayed param groups (weight matrices; weight_decay_groups), by index: a resumed
         # optimizer's groups are new dicts
@@ -148,19 +150,25 @@ class PretrainStep:
 
     def __call__(self, images: torch.Tensor, lr: float, gen: torch.Generator,
                  weight_decay: float | None = None) -> torch.Tensor:
-        """Train on one batch of uint8 images; returns the (detached) loss of this process's share.
-        The caller checks it is finite (under DDP, after averaging it over the ranks, so that a NaN
-        on one rank stops every rank at the same step instead of leaving the others waiting)."""
+        """Train on one batch of uint8 images — under DDP this process's share of the global batch
+        (bench.data.shards), whose crops and masks are drawn for the whole batch and sliced —;
+        returns the (detached) loss of that share. The caller checks it is finite (under DDP, after
+        averaging it over the ranks, so that a NaN on one rank stops every rank at the same step
+        instead of leaving the others waiting)."""
         data, mcfg = self.cfg["data"], self.cfg["masking"]
         set_lr(self.optimizer, lr)
         if weight_decay is not None:  # a schedule (pretrain.weight_decay_end); None: as built
             set_weight_decay(self.optimizer, weight_decay, self.decay_groups)
-        x = normalize(augment(images, data["augmentation"], data["img_size"], gen), self.mean, self.std)
+        sharded = self.shard[1] > 1
+        n = self.batch_size if sharded else images.shape[0]
+        rows = share(n, *self.shard) if sharded else slice(None)
+        x = normalize(augment(images, data["augmentation"], data["img_size"], gen, share=(n, rows) if sharded else None),
+                      self.mean, self.std)
         frames = self.grid[0] if len(self.grid) == 3 else None  # clips: T' time steps of h×w tokens
-        mask = masking.generate(mcfg["strategy"], x.shape[0], self.grid[-2:], mcfg["ratio"], mcfg["params"], gen,
-                                x.device, frames=frames).flatten(1)  # B×T'×L → B×(T'·L), time-major
+        mask = masking.generate(mcfg["strategy"], n, self.grid[-2:], mcfg["ratio"], mcfg["params"], gen,
+                                x.device, frames=frames).flatten(1)[rows]  # B×T'×L → B×(T'·L), time-major
         # the decoder predicts only the masked patches (the loss's)
-        loss = self.split_step(x[self.share], mask[self.share], self.target, full_pred=self.full_pred)
+        loss = self.split_step(x, mask, self.target, full_pred=self.full_pred)
         if self.cfg["pretrain"].get("clip_grad") is not None:  # BEiT 3.0, SimMIM 5.0: the global norm
             torch.nn.utils.clip_grad_norm_(self.split_step.params, self.cfg["pretrain"]["clip_grad"])
         self.optimizer.step()  # a non-finite loss is caught by the loop, on every rank at once
@@ -180,16 +188,16 @@ def build_pretraining(cfg: dict, train_set, device: torch.device, cache_dir=None
     optimizer = pretrain_optimizer(pcfg.get("optimizer", "adamw"), weight_decay_groups(model, pcfg["weight_decay"]),
                                    base_lr, (pcfg["beta1"], pcfg["beta2"]))
     batch_size = min(pcfg["batch_size"], len(train_set))
-    if batch_size % world:
-        raise ValueError(f"pretrain.batch_size {batch_size} does not split over {world} processes")
-    share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
+    if batch_size % (world * pcfg.get("accum_iter", 1)):
+        raise ValueError(f"pretrain.batch_size {batch_size} does not split over {world} processes x "
+                         f"pretrain.accum_iter {pcfg.get('accum_iter', 1)}")
     step_model = model if world == 1 else torch.nn.parallel.DistributedDataParallel(model)
     if compile:
         step_model = torch.compile(step_model)
     split_step = SplitStep(step_model, 1 if compile else SplitStep.parts_for(device, world), pcfg["precision"],
                            loss_on_all=pcfg.get("loss_on") == "all", accum=pcfg.get("accum_iter", 1))
     step = PretrainStep(cfg, model, target, optimizer, split_step, method.mask_grid(cfg), train_set.mean,
-                        train_set.std, share)
+                        train_set.std, (rank, world), batch_size)
     return method, model, step
 
 
@@ -243,8 +251,8 @@ def pretrain(cfg: dict, train_set, device: torch.device,
             first_step = start_step
         else:
             losses = []
-        batches = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"], epoch=epoch,
-                                    drop_last=True, device=device, start=first_step)
+        batches = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"], epoch=epoch,  # this rank's
+                                    drop_last=True, device=device, start=first_step, shard=(rank.rank, rank.world))
         for step, (images, _) in enumerate(batches, start=first_step):
             lr = lr_at(epoch + step / steps_per_epoch, base_lr, pcfg["min_lr"], pcfg["warmup_epochs"],
                        pcfg["epochs"])
@@ -254,7 +262,7 @@ def pretrain(cfg: dict, train_set, device: torch.device,
             if not torch.isfinite(loss):  # the same value on every rank: all stop here
                 raise NonFiniteError(f"pretrain loss is {loss.item()} at epoch {epoch + 1}, step {step}")
             losses.append(loss)
-            seen += images.shape[0]
+            seen += batch_size  # the global batch: every rank trained on its share of it
             stop = checkpointer is not None and distributed.any_across(checkpointer.stop_requested, rank, device)
             if checkpointer is not None:
                 checkpointer.stop_requested = stop
