@@ -22,9 +22,10 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from bench.core.errors import ConfigError
+from bench.study.budget import check_rates, plan_budget
 
 LAUNCH_FLAGS = {  # command-line flag -> launch key
     "executor": "executor", "parallel": "parallel", "threads": "threads", "device": "device",
@@ -80,7 +81,7 @@ def _studies(args) -> list:
 
 
 def cmd_plan(args) -> int:
-    out = Console()
+    out, args.rates = Console(), check_rates(args.compute, args.gpu_tflops, args.images_per_s)  # before any data
     for study in _studies(args):
         _plan_study(study, args, out)
     return 0
@@ -104,15 +105,16 @@ def _plan_study(study, args, out: Console) -> None:
         out.print(f"varies {axis}: {', '.join(values)}")
     seeds = sorted({r.config["seed"] for r in study.runs})
     out.print(f"seeds: {', '.join(map(str, seeds))}")
-    n_baselines = len(study.runs) - len(settings)
-    if n_baselines:
-        out.print(f"baselines: {n_baselines} runs (random init, raw pixels; shared with other studies)")
-    table = Table("run id", *study.axes, "seed", "status")
+    if len(study.runs) > len(settings):
+        out.print(f"baselines: {len(study.runs) - len(settings)} runs (random init, raw pixels; shared with other studies)")
+    budget = plan_budget(study, statuses, args.rates)  # empty (and no torch) unless the compute is asked for
+    table = Table(Column("run id", no_wrap=True), *study.axes, "seed", "status", *budget.headers)
     for run in study.runs:
         cells = [_format_value(run.varying[a]) if a in run.varying else f"baseline: {run.config['baseline']}"
                  if i == 0 else "" for i, a in enumerate(study.axes)]
-        table.add_row(run.run_id, *cells, str(run.config["seed"]), statuses[run.run_id])
+        table.add_row(run.run_id, *cells, str(run.config["seed"]), statuses[run.run_id], *budget.cells.get(run.run_id, ()))
     out.print(table)
+    budget.print_lines(out)
 
 
 def _print_report(paths: dict, out: Console) -> None:
@@ -312,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec")
     p.add_argument("--profile", help="one of the spec's profiles, e.g. small (default: the spec as written)")
     p.add_argument("--results", default="results")
+    p.add_argument("--compute", action="store_true", help="each run's pre-training and eval FLOPs (imports torch)")
+    p.add_argument("--gpu-tflops", metavar="X", help="the compute, and GPU-hours at X TFLOP/s sustained per GPU")
+    p.add_argument("--images-per-s", metavar="N", help="the compute, and GPU-hours at N pre-training images/s")
     _add_launch_flags(p)
     p.set_defaults(func=cmd_plan)
 

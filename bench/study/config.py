@@ -24,7 +24,6 @@ from bench.masking import list_strategies
 from bench.methods import list_methods, list_presets
 from bench.methods import preset as preset_numbers
 from bench.targets import list_targets
-from bench.train.finetune_recipe import check_rand_augment
 from bench.study.model_checks import HEADS, LOSSES, check_arch, check_loss, check_video, resolve_head
 
 
@@ -289,6 +288,7 @@ def check_finetune_recipe(cfg: dict) -> None:
     reverse, so they need an even batch."""
     ecfg = cfg["evals"]["finetune"]
     if ecfg["rand_augment"] is not None:
+        from bench.train.finetune_recipe import check_rand_augment  # timm and torch: only when the key is set
         check_rand_augment(ecfg["rand_augment"])
     if (ecfg["mixup"] > 0 or ecfg["cutmix"] > 0) and ecfg["batch_size"] % 2:
         key = "mixup" if ecfg["mixup"] > 0 else "cutmix"
