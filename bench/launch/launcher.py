@@ -2,7 +2,9 @@
 
     debug   submitit's DebugExecutor: runs one after another in this process.
     local   submitit's LocalExecutor: `parallel` runs at a time, each in its own process,
-            submitted in waves (the LocalExecutor itself has no queue).
+            submitted in waves (the LocalExecutor itself has no queue). On a machine with GPUs
+            (those the launcher sees: its CUDA_VISIBLE_DEVICES, else all), one run per GPU, as
+            many at once as there are GPUs, each with only its GPU visible.
     slurm   submitit's AutoExecutor: all runs of the launch as one job array, at most
             `parallel` at a time, with partition, time, GPUs, CPUs and memory from the launch.
 
@@ -90,8 +92,21 @@ def _launch_lock(study_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _local_threads(launch: dict) -> int:
-    return launch["threads"] or max(1, (os.cpu_count() or 1) // launch["parallel"])
+def _local_threads(launch: dict, at_once: int) -> int:
+    return launch["threads"] or max(1, (os.cpu_count() or 1) // at_once)
+
+
+def local_gpus(launch: dict) -> list[int]:
+    """The GPUs local runs share out, one run on each: the launcher's CUDA_VISIBLE_DEVICES (integer
+    ids), else every GPU torch sees; none with `device: cpu` (or ids given as UUIDs: then every run
+    sees what the launcher sees, as submitit leaves it)."""
+    if launch.get("device") == "cpu":
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [part.strip() for part in visible.split(",") if part.strip()]
+        return [int(i) for i in ids] if all(i.isdigit() for i in ids) else []
+    return list(range(torch.cuda.device_count()))
 
 
 def launch_study(study: Study, results_root: str | Path = "results", force: bool = False, wait: bool = True,
@@ -143,29 +158,36 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
                 _record(outcome, run, job.result())
                 progress.finished(run)
     else:  # local
-        launch["threads"] = _local_threads(launch)
+        gpus = local_gpus(launch)  # one run per GPU; none: `parallel` runs on the CPUs
+        at_once = len(gpus) or launch["parallel"]
+        launch["threads"] = _local_threads(launch, at_once)
         executor = submitit.LocalExecutor(folder=logs)
         executor.update_parameters(timeout_min=launch["timeout_min"])
-        pending, running = list(todo), {}
+        pending, running, free = list(todo), {}, list(gpus)
         with RunProgress(study, results_root, len(todo), console) as progress:
             while pending or running:
-                while pending and len(running) < launch["parallel"]:  # submit in waves
+                while pending and len(running) < at_once:  # submit in waves
                     run = pending.pop(0)
                     if outcome.cannot_write or not startable(run):
                         progress.skipped()
                         continue
+                    gpu = free.pop(0) if gpus else None
+                    if gpu is not None:  # this run's process sees this GPU alone (CUDA_VISIBLE_DEVICES)
+                        executor.update_parameters(gpus_per_node=1, visible_gpus=(gpu,))
                     running[run.run_id] = (run, executor.submit(run_one, run.config, study.name, results_root,
-                                                                launch, False))
+                                                                launch, False), gpu)
                     progress.started(run)
                 if not running:
                     break
                 time.sleep(1.0)
                 progress.refresh()
-                for rid, (run, job) in list(running.items()):
+                for rid, (run, job, gpu) in list(running.items()):
                     if job.done():
                         _collect(outcome, run, job, results_root, study.name)
                         progress.finished(run)
                         del running[rid]
+                        if gpu is not None:
+                            free.append(gpu)
     if outcome.cannot_write:
         raise CannotWrite(*outcome.cannot_write)
     return outcome
