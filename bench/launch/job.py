@@ -6,6 +6,12 @@ other files than are there now fails in setup with one line), appends a metrics 
 every phase, and writes result.json last and atomically — the one file that marks the run done,
 with the data's identity and the folder it was read from. A failure leaves error.txt (the phase
 and the traceback, whose last line is the one-line error) in the run folder and no result.json.
+
+Under DDP (a process group the caller set up, e.g. bench.launch.launcher.RunJob) every rank runs
+the run: the main process (rank 0) decides, writes and logs; the workers follow it (`_follow`)
+through the pre-training and the same evals in the same order, writing nothing. The main
+process's choices (skip the run, resume at the evals, reuse a cached encoder or baseline) reach
+them by broadcast, so every rank enters the same collectives. The caller ends the group.
 """
 from __future__ import annotations
 
@@ -139,18 +145,13 @@ def run_one(config: dict, study: str, results_root: str, launch: dict, raise_on_
                 setup_error = err
     if rank.world > 1:  # one verdict for every rank: a worker never trains a run its main skips
         device = pick_device(launch.get("device", "auto"), rank.local_rank)
-        stop = distributed.any_across(verdict != "run" or setup_error is not None, rank, device)
+        stop, at_evals = distributed.from_main([verdict != "run" or setup_error is not None,
+                                                saved is not None and saved["phase"] == "evals"], rank, device)
         if stop and not rank.is_main:
             return {"run_id": rid, "status": "skipped", "rank": rank.rank}
-    if not rank.is_main:  # a DDP worker: trains its share of every batch; the main process writes
-        device = pick_device(launch.get("device", "auto"), rank.local_rank)
-        saved = checkpointer.load()
-        if catch_preemption:
-            checkpointer.install()
-        if (saved is None or saved["phase"] == "pretrain") and not encoder_path.exists():
-            pretrain(config, create_dataset(config["data"], "train", data_root), device,
-                     checkpointer=checkpointer, cache_dir=cache_dir)
-        return {"run_id": rid, "status": "done", "rank": rank.rank}
+        if not rank.is_main:  # a DDP worker: the main's run, step for step; the main process writes
+            return _follow(config, rid, launch, checkpointer, encoder_path, cache_dir, rank, device, bool(at_evals),
+                           catch_preemption)
 
     if verdict == "elsewhere":
         return {"run_id": rid, "status": "running_elsewhere", "holder": holder,
@@ -186,6 +187,46 @@ def _prepare(folder: RunFolder, config: dict, checkpointer: Checkpointer, force:
     return saved
 
 
+def _agree(ok: bool, rank, device, what: str) -> None:
+    """Under DDP: raise on every rank as soon as `ok` is False on one, so that none waits for the others."""
+    if rank.world > 1 and distributed.any_across(not ok, rank, device):
+        raise RuntimeError(f"{what} on {'this' if not ok else 'another'} rank (rank {rank.rank} of {rank.world})")
+
+
+def _follow(config, rid, launch, checkpointer, encoder_path, cache_dir, rank, device, at_evals,
+            catch_preemption) -> dict:
+    """A DDP worker's part of a run: what `_execute` does on the main process, collective for
+    collective — pre-train its share of every batch (or take the encoder the main process takes:
+    from the evals checkpoint, from the cache), then run the same evals, logging nothing."""
+    data_root = launch.get("data_root")
+    train_set = create_dataset(config["data"], "train", data_root)
+    test_set = create_dataset(config["data"], "test", data_root)
+    if catch_preemption:
+        checkpointer.install()
+    if config.get("baseline"):
+        if distributed.from_main([False], rank, device)[0]:  # the main process found its evals cached
+            return {"run_id": rid, "status": "done", "rank": rank.rank}
+        encoder_state = ({} if config["baseline"] == "raw_pixels"
+                         else random_init_encoder_state(config, train_set.channels))
+    elif at_evals:  # the main process resumes the evals from the checkpoint's encoder: so does this rank
+        saved = checkpointer.load()
+        _agree(saved is not None and saved["phase"] == "evals", rank, device, "the evals checkpoint could not be read")
+        encoder_state = saved["encoder"]
+    elif distributed.from_main([False], rank, device)[0]:  # the main process found the encoder cached
+        entry = cache.load(encoder_path)
+        _agree(entry is not None, rank, device, f"the cached encoder {encoder_path} could not be read")
+        encoder_state = entry["encoder"]
+    else:
+        model, _ = pretrain(config, train_set, device, checkpointer=checkpointer, cache_dir=cache_dir,
+                            compile=launch.get("compile", False))
+        encoder_state = create_method(config["method"]).encoder_state(model)  # every rank holds the same weights
+    checkpointer.defer = False
+    for name in list_evals():
+        if config["evals"][name]["enabled"]:
+            create_eval(name)(config, encoder_state, train_set, test_set, device, lambda row: None)
+    return {"run_id": rid, "status": "done", "rank": rank.rank}
+
+
 def _execute(config, rid, study, folder, launch, lease, checkpointer, saved, setup_error, data, encoder_path,
              cache_dir, rank, raise_on_failure, catch_preemption) -> dict:
     phase = ["setup"]
@@ -214,6 +255,7 @@ def _execute(config, rid, study, folder, launch, lease, checkpointer, saved, set
             stats = {"images_per_s": None, "wall_s": 0.0, "final_loss": None, "step_parts": None}
             n_params, pretrained_by = sum(v.numel() for v in encoder_state.values()), None
         elif saved is not None and saved["phase"] == "evals":  # pre-training had finished
+            _agree(True, rank, device, "the evals checkpoint could not be read")  # the workers read it too
             encoder_state, stats, n_params = saved["encoder"], saved["stats"], saved["n_params"]
             pretrained_by = saved.get("pretrained_by", rid)
         else:
@@ -230,13 +272,14 @@ def _execute(config, rid, study, folder, launch, lease, checkpointer, saved, set
                         "n_params": sum(p.numel() for p in model.parameters()), "metrics": rows}
             if rank.world > 1:  # every rank trains together; the cache cannot make some of them wait
                 entry = cache.load(encoder_path)
-                if entry is None:
+                if distributed.from_main([entry is not None], rank, device)[0]:  # the workers load it too
+                    _agree(True, rank, device, f"the cached encoder {encoder_path} could not be read")
+                else:
                     entry = pretrain_encoder()
                     cache.save(encoder_path, entry)
             else:
                 entry = cache.get_or_build(cache_dir, "encoders", encoder_path.stem, pretrain_encoder,
                                            warn=folder.warn)
-            distributed.shutdown()  # the evals run in the main process alone
             if not built:  # reused: the pre-training's own metrics, marked with the run that made them
                 for row in entry.get("metrics", []):
                     log({**row, "from_run": entry["run_id"]})
@@ -258,8 +301,15 @@ def _execute(config, rid, study, folder, launch, lease, checkpointer, saved, set
             return {"evals": evals, "metrics": rows, "run_id": rid, "study": study}
         if config.get("baseline"):  # a baseline is the same computation in every study: run once, shared
             computed = []
-            entry = cache.get_or_build(cache_dir, "baselines", rid, lambda: computed.append(1) or run_evals(),
-                                       warn=folder.warn)
+            if rank.world > 1:  # the main process's look in the cache decides for every rank
+                baseline_path = cache.entry_path(cache_dir, "baselines", rid)
+                entry = cache.load(baseline_path)
+                if not distributed.from_main([entry is not None], rank, device)[0]:
+                    entry = computed.append(1) or run_evals()
+                    cache.save(baseline_path, entry)
+            else:
+                entry = cache.get_or_build(cache_dir, "baselines", rid, lambda: computed.append(1) or run_evals(),
+                                           warn=folder.warn)
             if not computed:
                 for row in entry["metrics"]:
                     log({**row, "from_run": f"{entry['study']}/{entry['run_id']}"})

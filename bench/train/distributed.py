@@ -6,6 +6,11 @@ at the first node's address. The config's `pretrain.batch_size` stays the effect
 (lr = blr × batch / 256, as MAE): every rank draws the same global batch, augmentation and
 masks from the epoch's generator and trains on its slice, so the gradients DDP averages are
 those of the whole batch — the same math as one process.
+
+The evals run under the same group: the fine-tune trains its share of each batch under DDP,
+the probe and k-NN extract features from their shares and gather them (`gather_share`), and
+the main process's choices (a cached encoder or baseline, a resumed checkpoint) reach the
+other ranks by `from_main`, so that every rank goes through the same collectives.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from bench.data.shards import share
 
 
 @dataclass(frozen=True)
@@ -73,3 +80,34 @@ def any_across(flag: bool, rank: Rank, device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.all_reduce(t)
     return bool(t.item())
+
+
+def sum_across(values: torch.Tensor, rank: Rank) -> torch.Tensor:
+    """The sum over all ranks (the values themselves for one process)."""
+    if rank.world == 1:
+        return values
+    values = values.detach().clone()
+    dist.all_reduce(values)
+    return values
+
+
+def from_main(values: list, rank: Rank, device) -> list[int]:
+    """The main process's `values` (small integers or flags) on every rank: a broadcast from rank 0."""
+    if rank.world == 1:
+        return [int(v) for v in values]
+    t = torch.tensor([int(v) for v in values], device=device)
+    dist.broadcast(t, src=0)
+    return [int(v) for v in t.tolist()]
+
+
+def gather_share(part: torch.Tensor, n: int, rank: Rank) -> torch.Tensor:
+    """The whole batch of n rows on every rank, from each rank's rows share(n, rank, world) of it
+    (bench.data.shards): the shares, padded to one size for all_gather, put back in batch order."""
+    if rank.world == 1:
+        return part
+    sizes = [len(range(n)[share(n, r, rank.world)]) for r in range(rank.world)]
+    padded = part.new_zeros((max(sizes), *part.shape[1:]))
+    padded[:len(part)] = part
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:size] for p, size in zip(parts, sizes)])

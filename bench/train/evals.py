@@ -17,12 +17,21 @@
                   (Wu et al. 2018, as DINO uses it): L2-normalised features, cosine similarity,
                   the k most similar training images vote with weight exp(similarity / T).
 
+Under DDP (bench.train.distributed: the process group a multi-task job set up) the evals run
+on every rank together: the fine-tune trains each rank's share of every batch under
+DistributedDataParallel (`batch_size` stays the global batch) and scores its share of the test
+set; the probe and k-NN extract features from each rank's share and gather them, so every rank
+trains the same head and predicts alike. The numbers are those of one process, to float rounding
+(drop path aside: its draws come from each rank's own torch RNG).
+
 Every eval works on the encoder interface a method hands out (`EvalEncoder`, built by the
 method's `eval_encoder` from the pre-trained weights), so it knows no method by name: a ViT
 (MAE, BEiT, SimMIM), a CNN or a video ViT plug in alike.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 from typing import Callable, Protocol
@@ -34,7 +43,9 @@ from bench.core.errors import NonFiniteError, require_finite
 from bench.core.registry import Registry
 from bench.data.augment import augment, normalize
 from bench.data.datasets import batch_order
+from bench.data.shards import share
 from bench.methods import create_method
+from bench.train import distributed
 from bench.train.finetune_recipe import FinetuneRecipe
 from bench.train.optim import LARS, layer_decay_groups, lr_at, scaled_lr, set_lr
 from bench.train.pretrain import epoch_generator
@@ -103,19 +114,33 @@ def build_encoder(cfg: dict, encoder_state: dict, num_classes: int, in_chans: in
     return create_method(cfg["method"]).eval_encoder(cfg, encoder_state, num_classes, in_chans, feature, drop_path)
 
 
-def _inputs(images: torch.Tensor, preset: str, img_size: int, dataset, gen) -> torch.Tensor:
-    return normalize(augment(images, preset, img_size, gen), dataset.mean, dataset.std)
+def _inputs(images: torch.Tensor, preset: str, img_size: int, dataset, gen,
+            rows: tuple[int, slice] | None = None) -> torch.Tensor:
+    """`rows` = (n, rows): `images` are a DDP rank's rows of a batch of n (augment's `share`)."""
+    return normalize(augment(images, preset, img_size, gen, share=rows), dataset.mean, dataset.std)
+
+
+def _check_batch(batch_size: int, rank: distributed.Rank, key: str) -> None:
+    if batch_size < rank.world:
+        raise ValueError(f"{key} is {batch_size} images here; each of the {rank.world} processes needs a share "
+                         f"of every batch: expected at least {rank.world}")
 
 
 @torch.no_grad()
 def extract_features(encoder: EvalEncoder, dataset, img_size: int, batch_size: int, device) -> tuple:
-    """Pooled, pre-head features of every image (no augmentation), with the labels."""
+    """Pooled, pre-head features of every image (no augmentation), with the labels. Under DDP each
+    rank runs the encoder on its share of every batch and the shares are gathered: every rank
+    gets every feature, in the dataset's order."""
+    rank = distributed.current()
     encoder.eval()
     feats, labels = [], []
-    for images, y in dataset.batches(batch_size, shuffle=False, seed=0, drop_last=False, device=device):
+    for k, (images, y) in enumerate(dataset.batches(batch_size, shuffle=False, seed=0, drop_last=False,
+                                                    device=device, shard=(rank.rank, rank.world))):
+        n = min(batch_size, len(dataset) - k * batch_size)  # the batch this share was cut from
         x = _inputs(images, "none", img_size, dataset, None)
-        feats.append(encoder.features(x))
-        labels.append(y)
+        f = encoder.features(x) if len(y) else torch.zeros(0, encoder.num_features, device=x.device)
+        feats.append(distributed.gather_share(f, n, rank))
+        labels.append(distributed.gather_share(y, n, rank))
     feats = torch.cat(feats)
     if not torch.isfinite(feats).all():
         raise NonFiniteError(f"the encoder's features of {len(feats)} images hold NaN or infinite values")
@@ -127,11 +152,15 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def _train_epoch(optimizer, batches, loss_of: Callable, lr_of_step: Callable, phase: str,
-                 epoch: int, accum: int = 1) -> tuple[list, int, float]:
+                 epoch: int, accum: int = 1, model: nn.Module | None = None,
+                 rank: distributed.Rank = distributed.SINGLE) -> tuple[list, int, float]:
     """One epoch of (inputs, labels) batches: lr set every step. Returns (losses, samples seen, last lr);
     a non-finite loss fails the run, naming the phase, epoch and step (checked once per epoch).
     With `accum` > 1 each batch's forward and backward run as that many micro-batches, each loss
-    (a mean over its samples) weighted by its share of the batch: the batch's gradient, one update."""
+    (a mean over its samples) weighted by its share of the batch: the batch's gradient, one update.
+    Under DDP (`model` a DistributedDataParallel, `rank` this process) the gradients are synchronised
+    on the last micro-batch only, and the losses are averaged over the ranks before the check, so a
+    NaN on one rank stops every rank at the same epoch."""
     losses, seen, lr = [], 0, math.nan
     for step, (inputs, y) in enumerate(batches):
         lr = lr_of_step(step)
@@ -142,13 +171,17 @@ def _train_epoch(optimizer, batches, loss_of: Callable, lr_of_step: Callable, ph
             loss.backward()
         else:
             loss = 0.0
-            for part_x, part_y in zip(inputs.tensor_split(accum), y.tensor_split(accum)):
-                part = loss_of(part_x, part_y) * (len(part_y) / len(y))
-                part.backward()  # accumulates into .grad
+            for m, (part_x, part_y) in enumerate(zip(inputs.tensor_split(accum), y.tensor_split(accum))):
+                last = m == accum - 1
+                with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+                    part = loss_of(part_x, part_y) * (len(part_y) / len(y))
+                    part.backward()  # accumulates into .grad
                 loss = loss + part.detach()
         optimizer.step()
         losses.append(loss.detach())
         seen += len(y)
+    if rank.world > 1:  # the whole batch's loss, the same on every rank
+        losses = list(distributed.mean_across(torch.stack(losses), rank))
     require_finite(torch.stack(losses), phase, epoch + 1)
     return losses, seen, lr
 
@@ -177,6 +210,11 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
     else:
         optimizer = torch.optim.AdamW(head.parameters(), lr=base_lr, weight_decay=ecfg["weight_decay"])
     cached = ecfg["augmentation"] == "none" and not _recompute_features
+    rank = distributed.current()  # the head trains on every rank alike, from the gathered features
+    if not cached:
+        _check_batch(batch_size, rank, "evals.linear_probe.batch_size")
+    rows = (batch_size, share(batch_size, rank.rank, rank.world)) if rank.world > 1 else None
+    gather = functools.partial(distributed.gather_share, n=batch_size, rank=rank)
     start = time.perf_counter()
     if cached:  # features computed once; the head trains on them
         train_feats, train_labels = extract_features(vit, train_set, img_size, 512, device)
@@ -190,10 +228,11 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
             order = batch_order(len(train_feats), cfg["seed"], epoch).to(device)
             batches = ((train_feats[idx], train_labels[idx]) for idx in order.split(batch_size)
                        if len(idx) == batch_size)
-        else:
-            batches = ((vit.features(_inputs(images, ecfg["augmentation"], img_size, train_set, gen)), y)
-                       for images, y in train_set.batches(batch_size, shuffle=True, seed=cfg["seed"],
-                                                          epoch=epoch, drop_last=True, device=device))
+        else:  # under DDP each rank runs the encoder on its share; every rank's head sees the whole batch
+            batches = ((gather(vit.features(_inputs(images, ecfg["augmentation"], img_size, train_set, gen, rows))),
+                        gather(y))
+                       for images, y in train_set.batches(batch_size, shuffle=True, seed=cfg["seed"], epoch=epoch,
+                                                          drop_last=True, device=device, shard=(rank.rank, rank.world)))
         losses, seen, lr = _train_epoch(
             optimizer, batches, lambda feats, y: criterion(head(feats), y),
             lambda step: lr_at(epoch + step / steps_per_epoch, base_lr, 0.0, ecfg["warmup_epochs"], ecfg["epochs"]),
@@ -213,6 +252,7 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
              log: Callable[[dict], None] = lambda row: None, return_model: bool = False):
     """The result dict; with `return_model`, (result, the fine-tuned ViT)."""
     ecfg, img_size = cfg["evals"]["finetune"], cfg["data"]["img_size"]
+    rank = distributed.current()
     torch.manual_seed(cfg["seed"])
     vit = build_encoder(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"],
                         drop_path=ecfg["drop_path"])
@@ -225,39 +265,66 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
     optimizer = torch.optim.AdamW(layer_decay_groups(vit, ecfg["weight_decay"], ecfg["layer_decay"]), lr=base_lr)
     recipe = FinetuneRecipe(ecfg, train_set, img_size, cfg["seed"])  # RandAugment, erasing, mixup/cutmix
     criterion = recipe.criterion()
+    loss_of = lambda x, y: criterion(vit(x), y)  # noqa: E731
+    model, shard, rows, of_batch = vit, (0, 1), None, None
+    if rank.world > 1:  # each rank trains its share of every batch; DDP averages the gradients
+        _check_batch(batch_size, rank, "evals.finetune.batch_size")
+        model, shard = nn.parallel.DistributedDataParallel(vit), (rank.rank, rank.world)
+        rows = share(batch_size, rank.rank, rank.world)
+        of_batch = (batch_size, rows)  # augment's `share`: the draws of the whole batch, this rank's rows
+        weight = len(range(batch_size)[rows]) * rank.world / batch_size  # unequal shares: still the batch's mean
+        loss_of = lambda x, y: criterion(model(x), y) * weight  # noqa: E731
     steps_per_epoch = len(train_set) // batch_size
     start = time.perf_counter()
     for epoch in range(ecfg["epochs"]):
         vit.train()
         epoch_start = time.perf_counter()
         gen = epoch_generator(cfg["seed"], epoch, device, stream=2)
-        loader = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1, epoch=epoch, drop_last=True,
-                                   device=device)
         if recipe.active:  # the whole batch's augmentation and mixing, before any micro-batches
-            batches = (recipe(images, y, gen, epoch, step) for step, (images, y) in enumerate(loader))
+            # its draws run through the batch (and mixup pairs rows across it): under DDP every rank
+            # prepares the whole batch and trains on its rows
+            loader = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1, epoch=epoch, drop_last=True,
+                                       device=device)
+            batches = (_rows(recipe(images, y, gen, epoch, step), rows) for step, (images, y) in enumerate(loader))
         else:
-            batches = ((_inputs(images, ecfg["augmentation"], img_size, train_set, gen), y) for images, y in loader)
+            loader = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1, epoch=epoch, drop_last=True,
+                                       device=device, shard=shard)
+            batches = ((_inputs(images, ecfg["augmentation"], img_size, train_set, gen, of_batch), y)
+                       for images, y in loader)
         losses, seen, lr = _train_epoch(
-            optimizer, batches, lambda x, y: criterion(vit(x), y),
+            optimizer, batches, loss_of,
             lambda step: lr_at(epoch + step / steps_per_epoch, base_lr, ecfg["min_lr"], ecfg["warmup_epochs"],
-                               ecfg["epochs"]), "finetune", epoch, accum=ecfg.get("accum_iter", 1))
+                               ecfg["epochs"]), "finetune", epoch, accum=ecfg.get("accum_iter", 1), model=model,
+            rank=rank)
+        seen = seen if rank.world == 1 else len(losses) * batch_size  # every rank trained its share
         log({"phase": "finetune", "epoch": epoch + 1, "loss": torch.stack(losses).mean().item(), "lr": lr,
              "images_per_s": seen / (time.perf_counter() - epoch_start), "wall_s": time.perf_counter() - start})
     vit.eval()
     correct, total = 0.0, 0
     finite = torch.tensor(True, device=device)
-    with torch.no_grad():
-        for images, y in test_set.batches(512, shuffle=False, seed=0, drop_last=False, device=device):
+    with torch.no_grad():  # under DDP each rank scores its share of every batch
+        for images, y in test_set.batches(512, shuffle=False, seed=0, drop_last=False, device=device, shard=shard):
+            if not len(y):  # a share of a last batch smaller than the world
+                continue
             logits = vit(_inputs(images, "none", img_size, test_set, None))
             finite &= torch.isfinite(logits).all()
             correct += top1(logits, y) * len(y) / 100.0
             total += len(y)
+    if rank.world > 1:
+        counts = distributed.sum_across(torch.tensor([correct, total, float(not finite)], dtype=torch.float64,
+                                                     device=device), rank)
+        correct, total, finite = counts[0].item(), round(counts[1].item()), counts[2].item() == 0
     if not finite:
         raise NonFiniteError(f"finetune: the fine-tuned model's logits on the test set are not finite "
                              f"(after epoch {ecfg['epochs']})")
     result = {"top1": 100.0 * correct / total, "feature": ecfg["feature"], "blocks": ecfg["blocks"],
               "trainable_params": trainable_params, "wall_s": time.perf_counter() - start}
     return (result, vit) if return_model else result
+
+
+def _rows(batch: tuple, rows: slice | None) -> tuple:
+    """A DDP rank's rows of a prepared (inputs, targets) batch; the whole batch for one process."""
+    return batch if rows is None else tuple(t[rows] for t in batch)
 
 
 def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int,
