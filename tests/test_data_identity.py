@@ -169,7 +169,7 @@ def test_imagefolder_labels_come_from_train_and_a_val_split_may_lack_a_class(tmp
     test = create_dataset({"name": "imagefolder", "img_size": 16}, "test", str(root))
     assert test.num_classes == 3 and test.labels.tolist() == [0, 2, 2]  # cow is 2, as in train/
     images, labels = next(test.batches(8, shuffle=False))
-    assert images.shape == (3, 3, 18, 18) and labels.tolist() == [0, 2, 2]
+    assert images.shape == (3, 3, 16, 16) and labels.tolist() == [0, 2, 2]  # the eval crop: 18 -> 16
 
 
 def test_a_class_only_in_val_is_an_error_naming_it(tmp_path):

@@ -106,3 +106,31 @@ def test_two_gloo_ranks_pretrain_as_one_process(tmp_path):
     assert loss == pytest.approx(info["final_loss"], rel=1e-4)
     for name, value in single.state_dict().items():  # 8 AdamW steps: the same weights to rounding
         assert torch.allclose(value, state[name], rtol=1e-3, atol=1e-4), name
+
+
+def test_an_imagefolder_is_cropped_in_the_workers_as_the_official_transforms(tmp_path):
+    """Pre-training crops come from the whole image (RandomResizedCrop 0.2-1, bicubic, flip); the eval
+    transform is resize 256 + centre crop 224 (here 37 -> 32): ImageNet's, scaled."""
+    _folder(tmp_path, n_per_class=4)
+    folder = ImageFolderSet(tmp_path / "train", "train", 37, None, workers=0)  # img_size 32: load 37
+    assert folder.crops_in_loader and folder.size == 32
+    evaluated = next(folder.batches(8, shuffle=False))[0]
+    assert evaluated.shape == (8, 3, 32, 32) and evaluated.dtype == torch.uint8
+    from torchvision.transforms import InterpolationMode, v2
+    image = v2.PILToTensor()(Image.open(folder.samples[0][0]).convert("RGB"))
+    expected = v2.CenterCrop(32)(v2.Resize(37, interpolation=InterpolationMode.BICUBIC, antialias=True)(image))
+    assert torch.equal(evaluated[0], expected)
+    first = next(folder.batches(8, shuffle=True, seed=0, epoch=0, augmentation="crop_rand"))[0]
+    again = next(folder.batches(8, shuffle=True, seed=0, epoch=0, augmentation="crop_rand"))[0]
+    other = next(folder.batches(8, shuffle=True, seed=0, epoch=1, augmentation="crop_rand"))[0]
+    assert torch.equal(first, again) and not torch.equal(first, other)  # a function of (seed, epoch, image)
+    shard = next(folder.batches(8, shuffle=True, seed=0, epoch=0, augmentation="crop_rand", shard=(1, 2)))[0]
+    assert torch.equal(shard, first[4:])  # a rank decodes its rows with the draws they get in the whole batch
+    before = torch.get_rng_state()
+    list(folder.batches(8, shuffle=True, seed=0, epoch=0, augmentation="crop_rand"))
+    assert torch.equal(torch.get_rng_state(), before)  # decoding in this process leaves its stream alone
+    # on the device only what is left: no second crop, crop_color's jitter
+    x = augment(first, "crop_rand", 32, torch.Generator().manual_seed(0), cropped=True)
+    assert torch.allclose(x, first.float() / 255)
+    jittered = augment(first, "crop_color", 32, torch.Generator().manual_seed(0), cropped=True)
+    assert jittered.shape == x.shape and not torch.allclose(jittered, x)

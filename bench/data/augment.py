@@ -94,20 +94,22 @@ def _jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
 
 
 def augment(images: torch.Tensor, preset: str, out_size: int, generator: torch.Generator | None,
-            share: tuple[int, slice] | None = None) -> torch.Tensor:
+            share: tuple[int, slice] | None = None, cropped: bool = False) -> torch.Tensor:
     """uint8 B×C×H×W → float B×C×out×out in [0, 1], augmented by `preset`; clips B×C×T×H×W →
     B×C×T×out×out, every frame of a clip augmented alike.
 
     `share` = (n, rows): `images` are rows `rows` of a batch of n (a DDP rank's share, bench.data.shards).
     The random numbers are drawn for all n, so each row gets what it gets in the whole batch and the
-    ranks' shares together are the single-process batch; only the share's pixels are computed."""
+    ranks' shares together are the single-process batch; only the share's pixels are computed.
+    `cropped`: the loader's workers already cropped and flipped the images (an ImageFolder's
+    `crops_in_loader`): only crop_color's jitter is left to do here."""
     if not is_augmentation(preset):
         raise ValueError(f"augmentation {preset!r} is not one of {', '.join(list_augmentations())}")
     x = images.float().div_(255)
     clips = x.shape if x.dim() == 5 else None
     if clips is not None:  # frames into channels: one crop per clip
         x = x.reshape(clips[0], clips[1] * clips[2], clips[3], clips[4])
-    if preset == "none":
+    if preset == "none" or cropped:
         if x.shape[-1] != out_size or x.shape[-2] != out_size:
             x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
     else:

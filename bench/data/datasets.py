@@ -43,7 +43,10 @@ def batch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class ImageSet:
-    """An in-memory labelled image set: uint8 images N×C×H×W (or clips N×C×T×H×W) and int64 labels."""
+    """An in-memory labelled image set: uint8 images N×C×H×W (or clips N×C×T×H×W) and int64 labels.
+    Its batches are whole images: the crop happens on the device (bench.data.augment)."""
+
+    crops_in_loader = False
 
     def __init__(self, name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int):
         self.name, self.images, self.labels, self.num_classes = name, images, labels, num_classes
@@ -74,10 +77,11 @@ class ImageSet:
         return self._on_device[key]
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                drop_last: bool = False, device="cpu", start: int = 0,
-                shard: Shard = WHOLE) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                drop_last: bool = False, device="cpu", start: int = 0, shard: Shard = WHOLE,
+                augmentation: str = "none") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of (uint8 images, labels) on `device`, from batch number `start` on; with
-        `shard` (rank, world), this rank's share of each (bench.data.shards)."""
+        `shard` (rank, world), this rank's share of each (bench.data.shards). `augmentation` is
+        not used here: whole images, cropped on the device."""
         images, labels = self.on(device)
         n = len(self)
         order = batch_order(n, seed, epoch).to(images.device) if shuffle else None
@@ -137,16 +141,21 @@ class Unreadable:
 class _FolderImages(torch.utils.data.Dataset):
     """(path, label) samples, decoded and resized by `transform`; a file that fails is an Unreadable."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform):
-        self.samples, self.transform = samples, transform
+    def __init__(self, samples: list[tuple[str, int]], transforms: dict):
+        self.samples, self.transforms = samples, transforms
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item: tuple[int, str, int]):
+        """item: (sample index, transform name, the seed of its random draws)."""
+        index, kind, key = item
         path, label = self.samples[index]
         try:
-            return self.transform(load_image(path)), label
+            image = load_image(path)
+            with torch.random.fork_rng(devices=[]):  # the sample's draws, wherever it is decoded; the
+                torch.manual_seed(key)                # process's own stream (drop path) left as it was
+                return self.transforms[kind](image), label
         except ConfigError as err:
             return Unreadable(err.key, err.detail, err.source)
         except Exception as err:  # decoding or resizing failed half-way: the file is still what to name
@@ -174,18 +183,40 @@ def _collate(items: list):
 
 
 class ImageFolderSet:
-    """An ImageNet-style tree, streamed: workers decode and resize to `load_size`² uint8.
+    """An ImageNet-style tree, streamed: workers decode each image and crop it as the official
+    code's transforms do (`crops_in_loader`: the device then only normalises, and jitters colours
+    for crop_color), to the crop size `load_size` × 7/8 (ImageNet's 224 of 256; bench.data.create_dataset
+    sets load_size to img_size × 8/7):
 
-    Labels are the sorted positions of `classes` (train/'s class folders) in every split: an image
-    of val/ in a class train/ lacks is an error naming its folder; a class missing from val/ is
-    allowed (never tested). `workers`: None follows the machine at each pass (`loader_workers`)."""
+        crop_rand, crop_color  RandomResizedCrop(scale 0.2–1, ratio 3/4–4/3, bicubic) of the whole
+                               image + horizontal flip (MAE's pre-training and fine-tune crop)
+        crop_fixed             resize the short side to load_size (bicubic), a random crop + flip
+        none                   resize the short side to load_size (bicubic), the centre crop — the
+                               official eval transform (256 → 224)
+
+    A sample's draws are seeded by (seed, epoch, its index), so they do not depend on which
+    worker or rank decodes it. Labels are the sorted positions of `classes` (train/'s class
+    folders) in every split: an image of val/ in a class train/ lacks is an error naming its
+    folder; a class missing from val/ is allowed (never tested). `workers`: None follows the
+    machine at each pass (`loader_workers`)."""
+
+    crops_in_loader = True
 
     def __init__(self, root: Path, split: str, load_size: int, limit: int | None, workers: int | None = None,
                  classes: list[str] | None = None):
-        from torchvision.transforms import v2
+        from torchvision.transforms import InterpolationMode, v2
 
-        self.transform = v2.Compose([v2.PILToTensor(), v2.Resize(load_size, antialias=True),
-                                     v2.CenterCrop(load_size)])
+        from bench.data.augment import RRC_RATIO, RRC_SCALE
+
+        crop, bicubic = round(load_size * 7 / 8), InterpolationMode.BICUBIC
+        resize = v2.Resize(load_size, interpolation=bicubic, antialias=True)
+        self.transforms = {
+            "rrc": v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(crop, scale=RRC_SCALE, ratio=RRC_RATIO,
+                                                                      interpolation=bicubic, antialias=True),
+                               v2.RandomHorizontalFlip()]),
+            "fixed": v2.Compose([v2.PILToTensor(), resize, v2.RandomCrop(crop), v2.RandomHorizontalFlip()]),
+            "eval": v2.Compose([v2.PILToTensor(), resize, v2.CenterCrop(crop)]),
+        }
         self.root, self.name, self.load_size, self.workers = Path(root), "imagefolder", load_size, workers
         self.classes = list(classes) if classes is not None else class_folders(self.root)
         index = {cls: i for i, cls in enumerate(self.classes)}
@@ -213,24 +244,29 @@ class ImageFolderSet:
 
     @property
     def size(self) -> int:
-        return self.load_size
+        return round(self.load_size * 7 / 8)  # the crop the workers hand out
 
     def __len__(self) -> int:
         return self.length
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                drop_last: bool = False, device="cpu", start: int = 0, shard: Shard = WHOLE):
-        """Batches of (uint8 images, labels) on `device`, decoded by the loader's workers; with `shard`
-        (rank, world), only this rank's share of each (bench.data.shards) is read and decoded."""
+                drop_last: bool = False, device="cpu", start: int = 0, shard: Shard = WHOLE,
+                augmentation: str = "none"):
+        """Batches of (uint8 images, labels) on `device`, decoded and cropped by the loader's workers
+        as `augmentation` says (the class docstring); with `shard` (rank, world), only this rank's
+        share of each (bench.data.shards) is read and decoded."""
         order = batch_order(self.length, seed, epoch).tolist() if shuffle else list(range(self.length))
+        kind = {"crop_rand": "rrc", "crop_color": "rrc", "crop_fixed": "fixed"}.get(augmentation, "eval")
         loader = self._loader.get(str(device))
         if loader is None:  # one loader per device: its workers stay up from one pass to the next
             workers = loader_workers() if self.workers is None else self.workers
             loader = torch.utils.data.DataLoader(
-                _FolderImages(self.samples, self.transform), batch_sampler=_Steps(), num_workers=workers,
-                pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0, collate_fn=_collate)
+                _FolderImages(self.samples, self.transforms), batch_sampler=_Steps(), num_workers=workers,
+                pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0, collate_fn=_collate,
+                generator=torch.Generator().manual_seed(0))  # its workers' seeds: not from the process's stream
             self._loader[str(device)] = loader
-        loader.batch_sampler.steps = step_rows(order, batch_size, drop_last, start, shard)
+        loader.batch_sampler.steps = [[(i, kind, (seed * 1_000_003 + epoch) * 10_000_019 + i) for i in rows]
+                                      for rows in step_rows(order, batch_size, drop_last, start, shard)]
         for batch in loader:
             if isinstance(batch, Unreadable):
                 raise batch.error()

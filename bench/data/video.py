@@ -215,6 +215,7 @@ class VideoFolderSet:
     the machine at each pass (`loader_workers`)."""
 
     channels = 3
+    crops_in_loader = False  # whole frames; the clip's crop happens on the device
 
     def __init__(self, name: str, split: str, samples: list, num_classes: int, load_size: int, frames: int,
                  stride: int, limit: int | None = None, where: Path | str = "", workers: int | None = None):
@@ -236,9 +237,11 @@ class VideoFolderSet:
         return len(self.samples)
 
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                drop_last: bool = False, device="cpu", start: int = 0, shard: Shard = WHOLE):
+                drop_last: bool = False, device="cpu", start: int = 0, shard: Shard = WHOLE,
+                augmentation: str = "none"):
         """Batches of (uint8 clips, labels) on `device`, decoded by the loader's workers; with `shard`
-        (rank, world), only this rank's share of each (bench.data.shards) is read and decoded."""
+        (rank, world), only this rank's share of each (bench.data.shards) is read and decoded.
+        `augmentation` is not used here: whole frames, cropped on the device."""
         order = batch_order(len(self), seed, epoch).tolist() if shuffle else list(range(len(self)))
         starts = (seed, epoch) if shuffle and self.split == "train" else None
         loader = self._loader.get(str(device))
@@ -247,7 +250,7 @@ class VideoFolderSet:
             loader = torch.utils.data.DataLoader(
                 _Clips(self.samples, self.frames, self.stride, self.load_size), batch_sampler=_Steps(),
                 num_workers=workers, pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0,
-                collate_fn=_collate)
+                collate_fn=_collate, generator=torch.Generator().manual_seed(0))  # workers' seeds: not the process's
             self._loader[str(device)] = loader
         loader.batch_sampler.steps = [[(i, starts) for i in rows]
                                       for rows in step_rows(order, batch_size, drop_last, start, shard)]

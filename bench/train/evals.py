@@ -117,7 +117,8 @@ def build_encoder(cfg: dict, encoder_state: dict, num_classes: int, in_chans: in
 def _inputs(images: torch.Tensor, preset: str, img_size: int, dataset, gen,
             rows: tuple[int, slice] | None = None) -> torch.Tensor:
     """`rows` = (n, rows): `images` are a DDP rank's rows of a batch of n (augment's `share`)."""
-    return normalize(augment(images, preset, img_size, gen, share=rows), dataset.mean, dataset.std)
+    return normalize(augment(images, preset, img_size, gen, share=rows, cropped=dataset.crops_in_loader),
+                     dataset.mean, dataset.std)
 
 
 def _check_batch(batch_size: int, rank: distributed.Rank, key: str) -> None:
@@ -232,7 +233,8 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
             batches = ((gather(vit.features(_inputs(images, ecfg["augmentation"], img_size, train_set, gen, rows))),
                         gather(y))
                        for images, y in train_set.batches(batch_size, shuffle=True, seed=cfg["seed"], epoch=epoch,
-                                                          drop_last=True, device=device, shard=(rank.rank, rank.world)))
+                                                          drop_last=True, device=device, shard=(rank.rank, rank.world),
+                                                          augmentation=ecfg["augmentation"]))
         losses, seen, lr = _train_epoch(
             optimizer, batches, lambda feats, y: criterion(head(feats), y),
             lambda step: lr_at(epoch + step / steps_per_epoch, base_lr, 0.0, ecfg["warmup_epochs"], ecfg["epochs"]),
@@ -284,11 +286,11 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
             # its draws run through the batch (and mixup pairs rows across it): under DDP every rank
             # prepares the whole batch and trains on its rows
             loader = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1, epoch=epoch, drop_last=True,
-                                       device=device)
+                                       device=device, augmentation=ecfg["augmentation"])
             batches = (_rows(recipe(images, y, gen, epoch, step), rows) for step, (images, y) in enumerate(loader))
         else:
             loader = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1, epoch=epoch, drop_last=True,
-                                       device=device, shard=shard)
+                                       device=device, shard=shard, augmentation=ecfg["augmentation"])
             batches = ((_inputs(images, ecfg["augmentation"], img_size, train_set, gen, of_batch), y)
                        for images, y in loader)
         losses, seen, lr = _train_epoch(

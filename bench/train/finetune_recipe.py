@@ -144,7 +144,8 @@ class FinetuneRecipe:
 
     def __call__(self, images: torch.Tensor, y: torch.Tensor, gen, epoch: int, step: int) -> tuple:
         """One batch: uint8 images → normalised inputs, and targets (B×classes when mixed)."""
-        x = augment(images, self.preset, self.img_size, gen)  # the crop draws what it draws without the recipe
+        x = augment(images, self.preset, self.img_size, gen,  # the crop draws what it draws without the recipe
+                    cropped=self.dataset.crops_in_loader)
         with seeded_globals(self.seed, epoch, step, x.device):
             if self.rand_augment is not None:
                 x = self.apply_rand_augment(x)

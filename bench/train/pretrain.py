@@ -143,6 +143,7 @@ class PretrainStep:
         self.cfg, self.model, self.target, self.optimizer = cfg, model, target, optimizer
         self.split_step, self.grid, self.mean, self.std, self.shard = split_step, grid, mean, std, shard
         self.batch_size = batch_size  # the global batch a shard is cut from (needed when shard[1] > 1)
+        self.cropped = False  # True: the loader's workers crop (an ImageFolder), the device does the rest
         self.full_pred = False  # True: the decoder predicts every patch (same loss; the speed bench's ablation)
         # the decayed param groups (weight matrices; weight_decay_groups), by index: a resumed
         # optimizer's groups are new dicts
@@ -162,8 +163,8 @@ class PretrainStep:
         sharded = self.shard[1] > 1
         n = self.batch_size if sharded else images.shape[0]
         rows = share(n, *self.shard) if sharded else slice(None)
-        x = normalize(augment(images, data["augmentation"], data["img_size"], gen, share=(n, rows) if sharded else None),
-                      self.mean, self.std)
+        x = normalize(augment(images, data["augmentation"], data["img_size"], gen, share=(n, rows) if sharded else None,
+                              cropped=self.cropped), self.mean, self.std)
         frames = self.grid[0] if len(self.grid) == 3 else None  # clips: T' time steps of h×w tokens
         mask = masking.generate(mcfg["strategy"], n, self.grid[-2:], mcfg["ratio"], mcfg["params"], gen,
                                 x.device, frames=frames).flatten(1)[rows]  # B×T'×L → B×(T'·L), time-major
@@ -198,6 +199,7 @@ def build_pretraining(cfg: dict, train_set, device: torch.device, cache_dir=None
                            loss_on_all=pcfg.get("loss_on") == "all", accum=pcfg.get("accum_iter", 1))
     step = PretrainStep(cfg, model, target, optimizer, split_step, method.mask_grid(cfg), train_set.mean,
                         train_set.std, (rank, world), batch_size)
+    step.cropped = train_set.crops_in_loader
     return method, model, step
 
 
@@ -252,7 +254,8 @@ def pretrain(cfg: dict, train_set, device: torch.device,
         else:
             losses = []
         batches = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"], epoch=epoch,  # this rank's
-                                    drop_last=True, device=device, start=first_step, shard=(rank.rank, rank.world))
+                                    drop_last=True, device=device, start=first_step, shard=(rank.rank, rank.world),
+                                    augmentation=cfg["data"]["augmentation"])
         for step, (images, _) in enumerate(batches, start=first_step):
             lr = lr_at(epoch + step / steps_per_epoch, base_lr, pcfg["min_lr"], pcfg["warmup_epochs"],
                        pcfg["epochs"])
