@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench.core import cache
-from bench.core.errors import require_finite
+from bench.core.errors import ConfigError, require_finite
 from bench.core.hashing import digest
 from bench.core.patches import patchify
 from bench.targets.fit import fit_key, training_patches
@@ -87,6 +87,11 @@ def _train_tokenizer(patches: torch.Tensor, params: dict) -> dict:
     start = time.perf_counter()
     device, (n, patch_dim) = patches.device, patches.shape
     vocab, batch, epochs = params["vocab_size"], min(params["batch_size"], n), params["epochs"]
+    if n < vocab:  # fit_patches >= vocab_size is checked up front, but a small training set has fewer
+        raise ConfigError("pretrain.target_params.vocab_size",
+                          f"{vocab} codes need at least as many training patches to initialise the codebook "
+                          f"from, and the tokenizer's fit has {n} (fit_patches {params['fit_patches']}, or every "
+                          f"patch of the training set when it has fewer); allowed: at most {n}")
     generator = torch.Generator().manual_seed(params["seed"])
     with torch.random.fork_rng(devices=[]):  # the run's global RNG stream is left as it was
         torch.manual_seed(params["seed"])
