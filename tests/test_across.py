@@ -36,17 +36,24 @@ def collection(tmp_path, arms, **extra):
 # ----------------------------------------------------------------------------- loading
 def test_the_committed_collection_loads_every_arm_at_the_small_profile():
     loaded = load_collection(REPO / "ablations" / "masking_across_methods.yaml", profile="small")
-    assert [s.name for s in loaded.arms] == ["across_mae-small", "across_simmim-small", "across_beit-small",
-                                            "across_spark-small", "videomae_table1b_masking-small"]
+    assert [s.name for s in loaded.arms] == ["mae_table1f_mask_sampling-small", "across_mae-small",
+                                            "across_simmim-small", "across_beit-small", "across_spark-small",
+                                            "videomae_table1b_masking-small"]
     methods = [{r.config["method"] for r in s.runs} for s in loaded.arms]
-    assert methods == [{"mae"}, {"simmim"}, {"beit"}, {"spark"}, {"videomae"}]
-    for study, paper_ratio in zip(loaded.arms[:4], (0.75, 0.6, 0.3827, 0.6)):
-        settings = {(r.config["masking"]["strategy"], r.config["masking"]["ratio"])
-                    for r in study.runs if not r.config.get("baseline")}
-        expected = {(s, 0.75) for s in ("random", "block", "grid", "walker", "coarse")}
-        expected |= {(s, paper_ratio) for s in ("random", "block", "walker", "coarse")}  # grid cannot make 0.6/0.38
-        assert settings == expected, study.name
-        assert {r.config["seed"] for r in study.runs} == {0, 1, 2}
+    assert methods == [{"mae"}, {"mae"}, {"simmim"}, {"beit"}, {"spark"}, {"videomae"}]
+
+    def settings(*studies):
+        return {(r.config["masking"]["strategy"], r.config["masking"]["ratio"])
+                for study in studies for r in study.runs if not r.config.get("baseline")}
+    at_075 = {(s, 0.75) for s in ("random", "block", "grid", "walker", "coarse")}
+    # MAE: Table 1f's random, block, grid (and its block 0.5) and the arm's walker and coarse, never twice
+    assert settings(*loaded.arms[:2]) == at_075 | {("block", 0.5)}
+    assert not settings(loaded.arms[0]) & settings(loaded.arms[1])
+    for study, paper_ratio in zip(loaded.arms[2:5], (0.6, 0.3827, 0.6)):
+        expected = at_075 | {(s, paper_ratio) for s in ("random", "block", "walker", "coarse")}  # grid: no 0.6/0.38
+        assert settings(study) == expected, study.name
+    for study in loaded.arms:
+        assert {r.config["seed"] for r in study.runs} == {0, 1, 2}, study.name
         assert sum(bool(r.config.get("baseline")) for r in study.runs) == 6  # random init + raw pixels, 3 seeds
     assert is_collection(REPO / "ablations" / "masking_across_methods.yaml")
     assert not is_collection(REPO / "ablations" / "quickstart.yaml")
@@ -121,7 +128,7 @@ def test_winners_margins_and_a_method_dependent_answer_from_committed_runs(tmp_p
     reports = tmp_path / "reports"
     # MAE: random clearly above block; SimMIM: block clearly above random; BEiT not run yet
     _runs_csv(reports / "one", "mae", {"random": [80.0, 80.2, 80.1], "block": [70.0, 70.3, 70.1]}, [60.0, 60.2, 60.1])
-    _runs_csv(reports / "two", "simmim", {"random": [71.0, 75.0, 73.0], "block": [78.0, 78.1, 78.2]}, [50.0, 51, 52])
+    _runs_csv(reports / "two", "simmim", {"random": [68.0, 75.0, 76.0], "block": [78.0, 78.1, 78.2]}, [50.0, 51, 52])
     frame, missing = arm_frames(loaded, reports)
     assert missing == ["three"]
     table = summary(frame)
@@ -137,9 +144,16 @@ def test_winners_margins_and_a_method_dependent_answer_from_committed_runs(tmp_p
     table = summary(arm_frames(loaded, reports)[0])
     depends = depends_on_method(table, winners(table, "finetune"), "finetune")
     assert depends == ["MAE 0.75 prefers random over block, BEiT 0.75 the reverse"]
+    # a fourth arm of MAE's with another strategy joins MAE's row (a setting two arms held would name its arm)
+    arm_spec(tmp_path, "four", "mae", ["random"], tiny_base)
+    loaded = load_collection(collection(tmp_path, ["one.yaml", "two.yaml", "three.yaml", "four.yaml"]))
+    _runs_csv(reports / "four", "mae", {"walker": [79.0, 79.1, 79.2]}, [60.0, 60.2, 60.1])
+    table = summary(arm_frames(loaded, reports)[0])
+    mae = table[table["method"] == "MAE"]
+    assert set(mae["row"]) == {"MAE 0.75"} and set(mae["strategy"]) == {"random", "block", "walker"}
     paths = write_across_report(loaded, None, reports)
     text = paths["table_md"].read_text()
-    assert "| MAE 0.75 | 80.1 ± 0.1 (+20.0) | 70.1 ± 0.2 (+10.0) | 60.1 |" in text
+    assert "| MAE 0.75 | 80.1 ± 0.1 (+20.0) | 70.1 ± 0.2 (+10.0) | 79.1 ± 0.1 (+19.0) | 60.1 |" in text
     assert "the winning strategy depends on the method, by a resolved margin" in text
     assert paths["heatmap"].stat().st_size > 10_000
 

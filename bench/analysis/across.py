@@ -3,8 +3,9 @@
 `mimbench report ablations/masking_across_methods.yaml --profile small` reads each arm's committed
 runs (reports/<arm study>/runs.csv, as the scorecard does) and writes reports/<collection>-<profile>/:
 
-    table.md / table.csv   per method and mask ratio (a row) and strategy (a column): fine-tune and
-                           linear-probe top-1 over seeds, and the margin over the arm's own
+    table.md / table.csv   per method and mask ratio (a row, from whichever arms hold its settings)
+                           and strategy (a column): fine-tune and linear-probe top-1 over seeds,
+                           and the margin over the arm's own
                            random-init baseline (no pre-training: fine-tune from scratch, the probe
                            on the untrained encoder), the same eval, data and seeds
     heatmap.png            those margins, method x strategy, a panel per eval
@@ -64,9 +65,12 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per (method, ratio, strategy): mean, sd, seeds and the margin over random init, per eval."""
     out = []
     order = {s: i for i, s in enumerate(list_strategies(video=True))}
-    arms_of = frame.groupby("method")["arm"].nunique()  # a method in two arms: its rows name the arm
+    # a method's arms share its rows (Table 1f's random/block/grid and another arm's walker/coarse);
+    # only when two arms hold the same setting do its rows name their arm, so none hides the other
+    clash = frame.groupby(["method", "ratio", "strategy"])["arm"].nunique()
+    clashing = {m for (m, _, _), n in clash.items() if n > 1}
     for (arm_order, arm, method, ratio, strategy), group in frame.groupby(["order", "arm", "method", "ratio", "strategy"]):
-        label = _row_label(method, ratio) + (f" ({arm})" if arms_of[method] > 1 else "")
+        label = _row_label(method, ratio) + (f" ({arm})" if method in clashing else "")
         row = {"method": method, "ratio": ratio, "row": label, "strategy": strategy,
                "order": arm_order, "strategy_order": order.get(strategy, len(order)), "seeds": len(group)}
         for name in EVALS:
@@ -80,7 +84,9 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
         out.append(row)
     if not out:
         return pd.DataFrame()
-    return pd.DataFrame(out).sort_values(["order", "ratio", "strategy_order"]).reset_index(drop=True)
+    table = pd.DataFrame(out)
+    table["order"] = table.groupby("row")["order"].transform("min")  # a row sits where its first arm does
+    return table.sort_values(["order", "ratio", "strategy_order"]).reset_index(drop=True)
 
 
 def winners(table: pd.DataFrame, name: str) -> list[dict]:
