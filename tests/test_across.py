@@ -165,3 +165,15 @@ def test_report_of_a_collection_from_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "masking_across_methods-small" / "table.md").read_text()
     assert "Not run yet" in text and "across_spark-small" in text
+
+
+def test_an_arm_that_varies_more_than_the_mask_is_refused(tmp_path, tiny_base):
+    arm_spec(tmp_path, "one", "mae", ["random"], tiny_base)
+    loaded = load_collection(collection(tmp_path, ["one.yaml"]))
+    folder = tmp_path / "reports" / "one"
+    folder.mkdir(parents=True)
+    rows = [{"method": "mae", "masking.strategy": "random", "masking.ratio": 0.75, "seed": 0, "finetune_top1": v,
+             "linear_probe_top1": v, "pretrain.target": t, "baseline": None} for v, t in ((80, "pixel"), (70, "hog"))]
+    pd.DataFrame(rows).to_csv(folder / "runs.csv", index=False)
+    with pytest.raises(ValueError, match="arm one has two runs of random at 0.75, seed 0: an arm may vary the masking"):
+        arm_frames(loaded, tmp_path / "reports")

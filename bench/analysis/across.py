@@ -54,7 +54,14 @@ def arm_frames(collection, reports_root: Path | str) -> tuple[pd.DataFrame, list
                 scratch = baseline_values(baselines, REFERENCE, column)
                 row[f"{name}_scratch"] = list(scratch)
             rows.append(row)
-    return pd.DataFrame(rows), missing
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        twice = frame[frame.duplicated(["arm", "strategy", "ratio", "seed"], keep=False)]
+        if len(twice):  # an arm that varies more than the mask would be averaged over its other keys
+            raise ValueError(f"arm {twice['arm'].iloc[0]} has two runs of {twice['strategy'].iloc[0]} at "
+                             f"{twice['ratio'].iloc[0]:g}, seed {twice['seed'].iloc[0]}: an arm may vary the "
+                             "masking only (masking.strategy, ratio, params)")
+    return frame, missing
 
 
 def _row_label(method: str, ratio: float) -> str:
