@@ -145,8 +145,11 @@ def test_a_key_added_later_keeps_earlier_run_ids_at_its_old_value(tiny_base):
     del written_before["baseline"]
     del written_before["data"]["identity"]  # null: not identified (what load_study leaves without the data)
     del written_before["model"]["head"]  # BEiT and SimMIM's keys, at MAE's values
-    for key in ("loss", "loss_on", "drop_path", "clip_grad", "optimizer", "weight_decay_end"):
+    for key in ("loss", "loss_on", "drop_path", "clip_grad", "optimizer", "weight_decay_end",
+                "accum_iter"):  # gradient accumulation: 1 micro-batch, what every run did before it
         del written_before["pretrain"][key]
+    for key in ("accum_iter", "mixup", "cutmix", "rand_augment", "reprob"):  # the fine-tune recipe's later keys
+        del written_before["evals"]["finetune"][key]
     for key in ("depths", "stage_num_heads", "window_size",  # a Swin's (SimMIM), null on a ViT
                 "backbone", "sparse", "densify", "hierarchical",  # a CNN's (SparK)
                 "tubelet_size"):  # VideoMAE's, null on an image preset
