@@ -209,3 +209,17 @@ def test_a_submission_in_progress_reads_as_pending(tmp_path):
                                                       "submitted": time.time()}))
     [status] = study_status(tmp_path / "s")
     assert status.state == "to do"
+
+
+def test_a_held_run_the_spec_no_longer_has_is_not_this_launchs_business(tmp_path):
+    """A grid edited while one of its old runs still runs: that run's folder is not 'running elsewhere'
+    for the new launch (only the runs it asks about are)."""
+    from bench.launch.status import busy_runs
+    old, new = RunFolder(tmp_path, "s", "0123456789ab"), RunFolder(tmp_path, "s", "ba9876543210")
+    lease = leases.Lease(old.path, kind="test")
+    assert lease.acquire() is None
+    try:
+        assert set(busy_runs(tmp_path / "s", [old.run_id, new.run_id])) == {old.run_id}
+        assert busy_runs(tmp_path / "s", [new.run_id]) == {}
+    finally:
+        lease.release()

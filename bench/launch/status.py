@@ -141,8 +141,11 @@ def study_status(study_dir: Path | str, run_ids: list[str] | None = None) -> lis
 
 def busy_runs(study_dir: Path | str, run_ids: list[str]) -> dict[str, RunStatus]:
     """Runs that are not done but pending or running (a held lease, a live SLURM job, a submission
-    in progress): a relaunch leaves them alone."""
-    return {s.run_id: s for s in study_status(study_dir, run_ids) if s.state in ("pending", "running")}
+    in progress): a relaunch leaves them alone. Only `run_ids`: a folder of a run the spec no longer
+    has (an edited grid) is not this launch's concern."""
+    wanted = set(run_ids)
+    return {s.run_id: s for s in study_status(study_dir, run_ids)
+            if s.run_id in wanted and s.state in ("pending", "running")}
 
 
 def live_run_ids(study_dir: Path | str, run_ids: list[str]) -> set[str]:
