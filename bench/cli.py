@@ -145,7 +145,8 @@ def _run_study(study, args) -> bool:
     err = Console(stderr=True)
     total = len(study.runs)
     err.print(f"study [bold]{study.name}[/]: {total} runs, executor {study.launch['executor']}")
-    outcome = launch_study(study, args.results, force=args.force, wait=not args.no_wait, console=err)
+    outcome = launch_study(study, args.results, force=args.force, wait=not args.no_wait, console=err,
+                           calibrate=not getattr(args, "no_calibrate", False))
     err.print(f"{len(outcome.done)} finished, {len(outcome.skipped)} already done (skipped), "
               f"{len(outcome.failed)} failed" + (f", {len(outcome.submitted)} submitted" if outcome.submitted else "")
               + (f", {len(outcome.already_running)} still queued or running from an earlier launch"
@@ -328,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun finished runs too")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return")
     p.add_argument("--no-report", action="store_true")
+    p.add_argument("--no-calibrate", action="store_true", help="local: skip the calibration step and time estimate")
     _add_launch_flags(p)
     p.set_defaults(func=cmd_run)
 

@@ -70,8 +70,8 @@ def test_pretraining_with_accumulation_makes_the_same_updates():
 
 
 def test_finetuning_with_accumulation_makes_the_same_updates():
-    # drop path off: its draws are per forward, so micro-batches would draw other ones
-    cfg, accumulated = _tiny(finetune={"drop_path": 0.0}), _tiny(finetune={"drop_path": 0.0, "accum_iter": 4})
+    # drop path on: each sample's draw is made for the whole batch and cut with the micro-batches
+    cfg, accumulated = _tiny(finetune={"drop_path": 0.2}), _tiny(finetune={"drop_path": 0.2, "accum_iter": 4})
     train, test = create_dataset(cfg["data"], "train"), create_dataset(cfg["data"], "test")
     torch.manual_seed(0)
     state = MaskedAutoencoderViT(**{**DIMS, "in_chans": train.channels}).encoder_state_dict()

@@ -22,9 +22,10 @@ CPU = torch.device("cpu")
 
 
 def _config(**sections) -> dict:
-    """TINY_BASE with drop path off (its draws come from each rank's own RNG) and `sections` merged in."""
+    """TINY_BASE with drop path on (its draws are made for the whole batch and cut with each rank's
+    rows) and `sections` merged in."""
     config = copy.deepcopy(TINY_BASE)
-    config["evals"]["finetune"]["drop_path"] = 0.0
+    config["evals"]["finetune"]["drop_path"] = 0.2
     for name, over in sections.items():
         config.setdefault("evals", {}).setdefault(name, {}).update(over)
     return resolve(config)

@@ -26,10 +26,10 @@ DIMS = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_he
 TINY = dict(embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
 
 
-def models():
+def models(fused_attn: bool = False):
     torch.manual_seed(0)
     ours = MaskedAutoencoderViT(**DIMS)
-    official = OfficialMAE(**DIMS)
+    official = OfficialMAE(**DIMS, fused_attn=fused_attn)
     official.load_state_dict(ours.state_dict())  # same parameter names, the same weights
     return ours, official
 
@@ -69,7 +69,7 @@ def test_fast_kind_times_the_real_pretraining_step(monkeypatch):
     cpu = torch.device("cpu")
     cfg = speed_config("mae_vit_tiny_patch4", 16, 8, 0.75, "fp32", TINY)
     train_set = synthetic_set(32, 3, 16)
-    state, encoder_state = initial_weights(cfg, train_set, cpu)
+    state, encoder_state, _ = initial_weights(cfg, train_set, cpu)
     assert set(encoder_state) < set(state) and not any(k.startswith("decoder") for k in encoder_state)
     predicted = {}
     for kwargs in ({}, {"fused": False}, {"full_pred": True}, {"split": False}, {"data": False}):
@@ -93,9 +93,11 @@ def test_fast_kind_times_the_real_pretraining_step(monkeypatch):
     assert predicted[("full_pred",)] == {17} and predicted[()] == {12}  # cls + all 16 patches, or the 12 masked
 
 
-@pytest.mark.parametrize("ratio", [0.75, 0.5])
-def test_fast_path_loss_and_gradients_equal_the_official_path(ratio):
-    ours, official = models()
+@pytest.mark.parametrize("ratio, fused_attn", [(0.75, False), (0.5, False), (0.75, True)])
+def test_fast_path_loss_and_gradients_equal_the_official_path(ratio, fused_attn):
+    """Against the official code on timm 0.3.2 (explicit attention) and on today's timm (fused)."""
+    ours, official = models(fused_attn)
+    assert all(b.attn.fused_attn == fused_attn for b in official.blocks)
     x, mask = batch(ratio=ratio)
     length, visible = mask.shape[1], mask.shape[1] - int(mask[0].sum())
     loss_off, pred_off, mask_off = official(x, mask_ratio=ratio, noise=noise_for_mask(mask), len_keep=visible)
@@ -282,8 +284,8 @@ def test_speed_report_runs_for_a_tiny_config():
     rows = speed_report("mae_vit_tiny_patch4", batch=16, ratio=0.75, steps=2, img_size=16, warmup=1,
                         model_overrides=TINY, workers=1, min_window_s=0.0)
     kinds = [r["kind"] for r in rows]
-    assert kinds == ["pretrain_plain", "pretrain_fast", "encoder_forward", "linear_probe_step_cached",
-                     "linear_probe_step_recomputed", "finetune_step"]
+    assert kinds == ["pretrain_official", "pretrain_plain", "pretrain_fast", "encoder_forward",
+                     "linear_probe_step_cached", "linear_probe_step_recomputed", "finetune_step"]
     for row in rows:
         assert {"kind", "images_per_s", "config"} <= set(row)
         assert row["images_per_s"] > 0 and len(row["window_images_per_s"]) == 2
@@ -292,17 +294,28 @@ def test_speed_report_runs_for_a_tiny_config():
         assert config["decoder"] == {"dim": 16, "depth": 1, "heads": 2}
         assert {"batch", "ratio", "img", "device", "threads", "torch", "patch_size"} <= set(config)
         assert config["batch"] == 16 and config["img"] == 16 and config["threads"] == torch.get_num_threads()
-    plain, fast = rows[0], rows[1]
-    assert plain["ratio_to_plain"] == 1.0 and fast["ratio_to_plain"] > 0
+    official, plain, fast = rows[0], rows[1], rows[2]
+    assert official["ratio_to_official"] == 1.0 and plain["ratio_to_plain"] == 1.0
+    assert fast["ratio_to_official"] > 0 and fast["ratio_to_plain"] > 0
+    assert official["config"]["attention"].startswith("fused") and plain["config"]["attention"].startswith("explicit")
     assert plain["config"]["visible_tokens"] == fast["config"]["visible_tokens"] == 4  # the same tokens
-    assert "ratio_to_recomputed" in rows[3]
+    assert "ratio_to_recomputed" in rows[4]
+    by_kind = {r["kind"]: r for r in rows}
+    # GFLOP per image: a train step is 3 x its forward; fine-tuning the encoder is 3 x the feature pass
+    assert by_kind["finetune_step"]["gflop_per_image"] == pytest.approx(
+        3 * by_kind["encoder_forward"]["gflop_per_image"], rel=1e-3)
+    assert official["gflop_per_image"] == fast["gflop_per_image"] > 0
+    for name in ("encoder_forward", "finetune_step", "linear_probe_step_recomputed"):
+        assert by_kind[name]["gflop_per_s_to_pretrain"] > 0
+        assert by_kind[name]["gflop_per_s"] == pytest.approx(
+            by_kind[name]["images_per_s"] * by_kind[name]["gflop_per_image"], rel=1e-2)
 
 
 def test_speed_report_ablations_run_through_the_real_step():
     rows = speed_report("mae_vit_tiny_patch4", batch=16, steps=1, img_size=16, warmup=1, model_overrides=TINY,
                         workers=0, min_window_s=0.0, evals=False, ablations=True, precision="bf16")
     by_kind = {r["kind"]: r["config"] for r in rows}
-    assert list(by_kind) == ["pretrain_plain", "pretrain_fast", "ablation:plain_without_data",
+    assert list(by_kind) == ["pretrain_official", "pretrain_plain", "pretrain_fast", "ablation:plain_without_data",
                              "ablation:fast_without_data", "ablation:fast_default_adamw", "ablation:fast_full_pred",
                              "ablation:fast_unsplit", "ablation:fast_fp32"]
     assert all(c["step"].startswith("bench.train.pretrain.PretrainStep")

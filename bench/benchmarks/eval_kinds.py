@@ -1,10 +1,13 @@
 """The evals' step kinds for `mimbench bench speed`: the encoder the evals build, timed per step.
 
-    encoder_forward               the features the linear probe caches: all patches, no grad, eval mode
+    encoder_forward               the features the linear probe caches: all patches, no grad, eval mode,
+                                  one sub-batch per CPU thread (bench.train.evals.features_of)
     linear_probe_step_cached      one probe step (BatchNorm without affine + linear head, LARS) on
                                   features computed once (augmentation none)
     linear_probe_step_recomputed  the same step with features recomputed from augmented images
-    finetune_step                 one fine-tuning step: drop path, layer-wise lr decay, label smoothing, crop_rand
+    finetune_step                 one fine-tuning step as the eval takes it (bench.train.evals.finetune_backward):
+                                  drop path drawn per sample, layer-wise lr decay, label smoothing,
+                                  crop_rand, one sub-batch per CPU thread
 
 The encoder is the config's method's (bench.train.evals.build_encoder) and its `features(x)` is
 what the probe reads; the cached features come from bench.train.evals.extract_features.
@@ -17,8 +20,9 @@ from torch import nn
 from bench.benchmarks.timing import Cycle, Kind
 from bench.data.augment import augment, normalize
 from bench.data.datasets import ImageSet
-from bench.train.evals import build_encoder, extract_features
+from bench.train.evals import build_encoder, extract_features, features_of, finetune_backward
 from bench.train.optim import LARS, layer_decay_groups, scaled_lr
+from bench.train.parts import PartPool, step_draws, use_row_drop_path
 
 
 def eval_kinds(cfg: dict, train_set: ImageSet, batch: int, device: torch.device, encoder_state: dict) -> list[Kind]:
@@ -36,13 +40,15 @@ def eval_kinds(cfg: dict, train_set: ImageSet, batch: int, device: torch.device,
     encoder.requires_grad_(False)
     encoder.eval()
     plain_batches = Cycle(lambda epoch: train_set.batches(batch, shuffle=False, drop_last=True, device=device))
+    pool = PartPool(PartPool.parts_for(device, 1))  # as the evals split a batch on the CPU
 
     @torch.no_grad()
     def encoder_step():
         images, _ = plain_batches.next()
-        encoder.features(inputs(images, "none"))
+        features_of(encoder, inputs(images, "none"), pool)
 
     kinds.append(Kind("encoder_forward", encoder_step, batch, device))
+    kinds[-1].info = {"step_parts": pool.parts}
 
     # linear probe: BatchNorm (no affine) + linear head, LARS, on cached or recomputed features
     head = nn.Sequential(nn.BatchNorm1d(encoder.num_features, affine=False, eps=1e-6),
@@ -79,18 +85,20 @@ def eval_kinds(cfg: dict, train_set: ImageSet, batch: int, device: torch.device,
     ecfg = cfg["evals"]["finetune"]
     ft = build_encoder(cfg, encoder_state, classes, channels, ecfg["feature"], drop_path=ecfg["drop_path"]).to(device)
     ft.train()
+    drop_layers = use_row_drop_path(ft)
     ft_opt = torch.optim.AdamW(layer_decay_groups(ft, ecfg["weight_decay"], ecfg["layer_decay"]),
                                lr=scaled_lr(ecfg["blr"], batch))
-    ft_loss = nn.CrossEntropyLoss(label_smoothing=ecfg["label_smoothing"])
+    backward = finetune_backward(ft, ft, nn.CrossEntropyLoss(label_smoothing=ecfg["label_smoothing"]), pool)
     ft_batches = Cycle(lambda epoch: train_set.batches(batch, shuffle=True, seed=1, epoch=epoch, drop_last=True,
                                                        device=device))
 
     def finetune_step():
         images, y = ft_batches.next()
-        loss = ft_loss(ft(inputs(images, "crop_rand")), y)
         ft_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        backward((inputs(images, "crop_rand"), y, step_draws(drop_layers, len(y), gen, device)))
         ft_opt.step()
 
     kinds.append(Kind("finetune_step", finetune_step, batch, device))
+    kinds[-1].info = {"step_parts": pool.parts, "drop_path": ecfg["drop_path"]}
+    kinds[-1].close = pool.close
     return kinds

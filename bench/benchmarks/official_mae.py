@@ -55,13 +55,14 @@ class OfficialMAE(nn.Module):
     gather with repeated indices, visible tokens in noise order), mask tokens appended and
     un-shuffled by a gather, the decoder predicting all L patches, the loss over all patches
     weighted by the mask. `noise` (B×L) may be given to fix the mask, as in later official code.
-    Attention is computed as the timm 0.3.2 the official repo pins computes it: explicit
-    softmax(q·kᵀ·scale)·v, not torch's fused scaled_dot_product_attention (same math).
+    `fused_attn` False: attention as the timm 0.3.2 the official repo pins computes it, explicit
+    softmax(q·kᵀ·scale)·v; True: as today's timm computes it for a user who runs the official
+    code with it, torch's fused scaled_dot_product_attention (same math).
     """
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
-                 norm_layer=partial(nn.LayerNorm, eps=1e-6), norm_pix_loss=True):
+                 norm_layer=partial(nn.LayerNorm, eps=1e-6), norm_pix_loss=True, fused_attn: bool = False):
         super().__init__()
         self.in_chans = in_chans
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -82,7 +83,7 @@ class OfficialMAE(nn.Module):
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans, bias=True)
         self.norm_pix_loss = norm_pix_loss
         for block in [*self.blocks, *self.decoder_blocks]:
-            block.attn.fused_attn = False  # timm 0.3.2's attention: q·kᵀ, softmax, ·v as separate ops
+            block.attn.fused_attn = fused_attn  # False: timm 0.3.2's attention, q·kᵀ, softmax, ·v as separate ops
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -168,10 +169,10 @@ class OfficialMAE(nn.Module):
         return loss, pred, mask
 
 
-def build_official(model_cfg: dict, img_size: int, in_chans: int) -> OfficialMAE:
+def build_official(model_cfg: dict, img_size: int, in_chans: int, fused_attn: bool = False) -> OfficialMAE:
     keys = ("patch_size", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
             "decoder_num_heads", "mlp_ratio")
-    return OfficialMAE(img_size=img_size, in_chans=in_chans, **{k: model_cfg[k] for k in keys})
+    return OfficialMAE(img_size=img_size, in_chans=in_chans, fused_attn=fused_attn, **{k: model_cfg[k] for k in keys})
 
 
 def noise_for_mask(mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -219,18 +220,21 @@ def official_transform(img_size: int, mean, std):
 
 
 def plain_pretrain_kind(cfg: dict, train_set, device: torch.device, workers: int, state: dict,
-                        data: bool = True) -> Kind:
+                        data: bool = True, fused_attn: bool = False) -> Kind:
     """The official recipe's training step on `train_set`'s images (the in-memory uint8 ones), fed by a
     DataLoader with per-sample transforms; the recipe (batch, blr, weight decay, betas, mask ratio)
     from the resolved run config `cfg`, the weights from `state`.
 
+    fused_attn False: "pretrain_plain", the official code on the timm 0.3.2 it pins (explicit
+    attention); True: "pretrain_official", the official code on today's timm (fused attention), the
+    baseline a user running the official repo today gets.
     data=False (an ablation): the same step on one batch transformed once, no DataLoader.
     """
     img_size, channels = cfg["data"]["img_size"], train_set.channels
     pcfg, ratio = cfg["pretrain"], cfg["masking"]["ratio"]
     batch = pcfg["batch_size"]
     torch.manual_seed(cfg["seed"])
-    model = build_official(cfg["model"], img_size, channels).to(device)
+    model = build_official(cfg["model"], img_size, channels, fused_attn).to(device)
     model.load_state_dict(state)
     model.train()
     lr = scaled_lr(pcfg["blr"], batch)
@@ -278,9 +282,11 @@ def plain_pretrain_kind(cfg: dict, train_set, device: torch.device, workers: int
             scaler.update()
         optimizer.zero_grad()
 
-    kind = Kind("pretrain_plain" if data else "ablation:plain_without_data", step, batch, device)
+    name = ("pretrain_official" if fused_attn else "pretrain_plain") if data else "ablation:plain_without_data"
+    kind = Kind(name, step, batch, device)
     kind.info = {"data": f"DataLoader, {workers} workers, per-sample PIL transforms (bicubic)" if data
                  else "one batch, transformed once", "optimizer": "AdamW (default: single-tensor loop on CPU)",
                  "precision": "fp16 autocast + GradScaler" if amp else "fp32",
+                 "attention": "fused (today's timm)" if fused_attn else "explicit (timm 0.3.2)",
                  "visible_tokens": len_keep, "decoder_predicts": length}
     return kind

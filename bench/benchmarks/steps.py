@@ -5,9 +5,13 @@ training step kind, against an official-style MAE path.
 
 Step kinds:
 
-    pretrain_plain     the official facebookresearch/mae recipe, ported (bench.benchmarks.official_mae):
-                       a DataLoader with per-sample transforms, masking inside the model, a decoder
-                       predicting all L patches, the default AdamW; fp16 AMP on a GPU.
+    pretrain_official  the official facebookresearch/mae recipe, ported (bench.benchmarks.official_mae)
+                       and run on today's timm, as a user running the official repo today gets it
+                       (fused attention): a DataLoader with per-sample transforms, masking inside the
+                       model, a decoder predicting all L patches, the default AdamW; fp16 AMP on a
+                       GPU. The baseline: `ratio_to_official`.
+    pretrain_plain     the same on the timm 0.3.2 the official repo pins (explicit attention):
+                       `ratio_to_plain`, a second reference.
     pretrain_fast      our pre-training step itself: bench.train.pretrain.build_pretraining builds it
                        from the resolved run config (speed_config) as the pre-training loop does, and
                        the kind times `step(images, lr, generator)` — lr set, batched augmentation
@@ -26,7 +30,9 @@ kinds use the base lr throughout), the loss's mean across processes and the chec
 Both pre-training paths build the same model sizes and see the same number of tokens; on the
 CPU both compute in fp32; they start from the same weights (the method's model as
 build_pretraining makes it). The kinds are timed in alternating rounds (bench.benchmarks.timing):
-a kind's images/s is the median over its windows, `ratio_to_plain` the median of the per-round ratios.
+a kind's images/s is the median over its windows, `ratio_to_official` / `ratio_to_plain` the median of
+the per-round ratios. Each kind's `gflop_per_s` is its images/s × its FLOPs per image (3 × forward
+for a train step); an eval kind's `gflop_per_s_to_pretrain` compares it with the pre-training step's.
 """
 from __future__ import annotations
 
@@ -72,12 +78,18 @@ def synthetic_set(n: int, channels: int, size: int) -> ImageSet:
     return train_set
 
 
-def initial_weights(cfg: dict, train_set: ImageSet, device: torch.device) -> tuple[dict, dict]:
+def initial_weights(cfg: dict, train_set: ImageSet, device: torch.device) -> tuple[dict, dict, dict]:
     """The weights every kind starts from — the method's model as pre-training builds it (seeded by
-    cfg['seed']) — and the encoder's share of them, which the eval kinds start from."""
+    cfg['seed']) — the encoder's share of them, which the eval kinds start from, and each kind's
+    GFLOP per image (train steps 3 × forward: pre-training at the mask ratio, the evals' encoder
+    over every patch; a probe step on cached features ~0)."""
     method, model, step = build_pretraining(cfg, train_set, device)
     step.split_step.close()
-    return model.state_dict(), method.encoder_state(model)
+    pretrain = method.flops_per_image(model, cfg["masking"]["ratio"])["total"] / 1e9
+    encoder = method.flops_per_image(model, 0.0)["encoder"] / 1e9
+    gflops = {"pretrain": 3 * pretrain, "encoder_forward": encoder, "linear_probe_step_recomputed": encoder,
+              "finetune_step": 3 * encoder}
+    return model.state_dict(), method.encoder_state(model), gflops
 
 
 def _with(cfg: dict, changes: dict) -> dict:
@@ -196,8 +208,10 @@ def _speed_report(preset, batch, ratio, device, steps, img_size, channels, compi
     workers = min(10, os.cpu_count() or 1) if workers is None else workers
     cfg = speed_config(preset, img_size, batch, ratio, precision, model_overrides)
     train_set = synthetic_set(batch * (steps + warmup + 4 * windows + 2), channels, img_size)
-    state, encoder_state = initial_weights(cfg, train_set, dev)
-    kinds = [plain_pretrain_kind(cfg, train_set, dev, workers, state), fast_pretrain_kind(cfg, train_set, dev, state)]
+    state, encoder_state, gflops = initial_weights(cfg, train_set, dev)
+    kinds = [plain_pretrain_kind(cfg, train_set, dev, workers, state, fused_attn=True),
+             plain_pretrain_kind(cfg, train_set, dev, workers, state),
+             fast_pretrain_kind(cfg, train_set, dev, state)]
     try:
         compile_s = None
         if compile:
@@ -225,13 +239,23 @@ def _speed_report(preset, batch, ratio, device, steps, img_size, channels, compi
         "timm": timm.__version__, "cpu": platform.processor() or platform.machine(),
         "loadavg_1min": [round(load_before, 2), round(load_after, 2)],
     }
-    plain = kinds[0]
+    official, plain, fast = kinds[:3]
+
+    def ratio(kind: Kind, to: Kind, scale: float = 1.0) -> float:  # the median of the per-round ratios
+        return round(statistics.median([scale * r / p for r, p in zip(kind.rates, to.rates)]), 4)
+
     rows = []
     for kind in kinds:
         row = {"kind": kind.name, "images_per_s": round(statistics.median(kind.rates), 2)}
         if kind.name.startswith(("pretrain", "ablation")):
-            row["ratio_to_plain"] = round(statistics.median(
-                [r / p for r, p in zip(kind.rates, plain.rates)]), 4)
+            row["ratio_to_official"] = ratio(kind, official)
+            row["ratio_to_plain"] = ratio(kind, plain)
+        per_image = gflops["pretrain"] if kind.name.startswith("pretrain") else gflops.get(kind.name)
+        if per_image is not None:  # the work a step does, 3 × forward for a train step
+            row["gflop_per_image"] = float(f"{per_image:.6g}")
+            row["gflop_per_s"] = round(row["images_per_s"] * per_image, 2)
+            if not kind.name.startswith("pretrain"):  # an eval's GFLOP/s against the pre-training step's
+                row["gflop_per_s_to_pretrain"] = ratio(kind, fast, per_image / gflops["pretrain"])
         if kind.name == "linear_probe_step_cached":
             recomputed = next(k for k in kinds if k.name == "linear_probe_step_recomputed")
             row["ratio_to_recomputed"] = round(statistics.median(

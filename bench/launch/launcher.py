@@ -110,8 +110,10 @@ def local_gpus(launch: dict) -> list[int]:
 
 
 def launch_study(study: Study, results_root: str | Path = "results", force: bool = False, wait: bool = True,
-                 console: Console | None = None) -> LaunchOutcome:
+                 console: Console | None = None, calibrate: bool = False) -> LaunchOutcome:
     """Run (or submit) the study's runs that are neither done (unless `force`) nor running elsewhere.
+    `calibrate`: before a local launch on the CPUs, time one pre-training step here and print the
+    expected time of the runs to do in such steps (bench.launch.calibrate).
 
     Raises CannotWrite (one line) when the results folder refuses writes."""
     console = console or Console(stderr=True)
@@ -161,6 +163,8 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
         gpus = local_gpus(launch)  # one run per GPU; none: `parallel` runs on the CPUs
         at_once = len(gpus) or launch["parallel"]
         launch["threads"] = _local_threads(launch, at_once)
+        if calibrate and not gpus:
+            _print_expected(study, todo, launch, at_once, console)
         executor = submitit.LocalExecutor(folder=logs)
         executor.update_parameters(timeout_min=launch["timeout_min"])
         pending, running, free = list(todo), {}, list(gpus)
@@ -191,6 +195,30 @@ def launch_study(study: Study, results_root: str | Path = "results", force: bool
     if outcome.cannot_write:
         raise CannotWrite(*outcome.cannot_write)
     return outcome
+
+
+def _print_expected(study: Study, todo: list[Run], launch: dict, at_once: int, console: Console) -> None:
+    """One line: the calibration step measured here and the runs' expected time in such steps."""
+    from bench.launch.calibrate import calibrate, expected_seconds, expected_steps
+
+    first = next((r for r in todo if not r.config.get("baseline")),
+                 next((r for r in study.runs if not r.config.get("baseline")), None))
+    if first is None:
+        return
+    try:
+        cal = calibrate(first.config, launch["threads"])
+        steps = expected_steps([r.config for r in todo], launch.get("data_root"), cal)
+    except Exception as err:  # an estimate is not worth stopping a launch for: say why there is none
+        console.print(f"calibration skipped: {type(err).__name__}: {err}", soft_wrap=True)
+        return
+    line = (f"calibration: one pre-training step of run {first.run_id} (batch {cal.batch}, {cal.threads} "
+            f"thread{'s' * (cal.threads > 1)}) takes {cal.seconds:.2f} s here")
+    if steps is not None:
+        minutes = expected_seconds(steps, cal, len(todo), at_once) / 60
+        line += (f"; the {len(todo)} run{'s' * (len(todo) > 1)} to do {'are' if len(todo) > 1 else 'is'} about "
+                 f"{steps:,.0f} such steps of compute, "
+                 f"{at_once} at a time: ~{minutes:.1f} min of compute (process starts, data and reports on top)")
+    console.print(line, soft_wrap=True)
 
 
 def _plan(study: Study, results_root: str, force: bool) -> tuple[LaunchOutcome, list[Run]]:

@@ -22,7 +22,12 @@ on every rank together: the fine-tune trains each rank's share of every batch un
 DistributedDataParallel (`batch_size` stays the global batch) and scores its share of the test
 set; the probe and k-NN extract features from each rank's share and gather them, so every rank
 trains the same head and predicts alike. The numbers are those of one process, to float rounding
-(drop path aside: its draws come from each rank's own torch RNG).
+(stochastic depth included: each sample's draw is made for the whole batch and cut with its rows,
+bench.train.parts.RowDropPath).
+
+On a CPU with several threads, one process runs each batch as one sub-batch per thread
+(bench.train.parts.PartPool), as pre-training does: the fine-tune's forward and backward (the
+parts' gradients summed in a fixed order) and the features the probe and k-NN extract.
 
 Every eval works on the encoder interface a method hands out (`EvalEncoder`, built by the
 method's `eval_encoder` from the pre-trained weights), so it knows no method by name: a ViT
@@ -30,7 +35,6 @@ method's `eval_encoder` from the pre-trained weights), so it knows no method by 
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import time
@@ -48,6 +52,7 @@ from bench.methods import create_method
 from bench.train import distributed
 from bench.train.finetune_recipe import FinetuneRecipe
 from bench.train.optim import LARS, layer_decay_groups, lr_at, scaled_lr, set_lr
+from bench.train.parts import PartPool, batch_backward, row_draws, step_draws, use_row_drop_path
 from bench.train.pretrain import epoch_generator
 
 _EVALS = Registry("eval", "evals")
@@ -127,6 +132,11 @@ def _check_batch(batch_size: int, rank: distributed.Rank, key: str) -> None:
                          f"of every batch: expected at least {rank.world}")
 
 
+def features_of(encoder: EvalEncoder, x: torch.Tensor, pool: PartPool) -> torch.Tensor:
+    """The encoder's pooled features of a batch, one sub-batch per thread of `pool`."""
+    return pool.map(lambda lo, hi: encoder.features(x[lo:hi]), len(x))
+
+
 @torch.no_grad()
 def extract_features(encoder: EvalEncoder, dataset, img_size: int, batch_size: int, device) -> tuple:
     """Pooled, pre-head features of every image (no augmentation), with the labels. Under DDP each
@@ -135,13 +145,15 @@ def extract_features(encoder: EvalEncoder, dataset, img_size: int, batch_size: i
     rank = distributed.current()
     encoder.eval()
     feats, labels = [], []
+    pool = PartPool(PartPool.parts_for(device, rank.world))  # one sub-batch per CPU thread
     for k, (images, y) in enumerate(dataset.batches(batch_size, shuffle=False, seed=0, drop_last=False,
                                                     device=device, shard=(rank.rank, rank.world))):
         n = min(batch_size, len(dataset) - k * batch_size)  # the batch this share was cut from
         x = _inputs(images, "none", img_size, dataset, None)
-        f = encoder.features(x) if len(y) else torch.zeros(0, encoder.num_features, device=x.device)
+        f = features_of(encoder, x, pool) if len(y) else torch.zeros(0, encoder.num_features, device=x.device)
         feats.append(distributed.gather_share(f, n, rank))
         labels.append(distributed.gather_share(y, n, rank))
+    pool.close()
     feats = torch.cat(feats)
     if not torch.isfinite(feats).all():
         raise NonFiniteError(f"the encoder's features of {len(feats)} images hold NaN or infinite values")
@@ -152,39 +164,30 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(dim=1) == labels).float().mean().item()
 
 
-def _train_epoch(optimizer, batches, loss_of: Callable, lr_of_step: Callable, phase: str,
-                 epoch: int, accum: int = 1, model: nn.Module | None = None,
-                 rank: distributed.Rank = distributed.SINGLE) -> tuple[list, int, float]:
-    """One epoch of (inputs, labels) batches: lr set every step. Returns (losses, samples seen, last lr);
-    a non-finite loss fails the run, naming the phase, epoch and step (checked once per epoch).
-    With `accum` > 1 each batch's forward and backward run as that many micro-batches, each loss
-    (a mean over its samples) weighted by its share of the batch: the batch's gradient, one update.
-    Under DDP (`model` a DistributedDataParallel, `rank` this process) the gradients are synchronised
-    on the last micro-batch only, and the losses are averaged over the ranks before the check, so a
-    NaN on one rank stops every rank at the same epoch."""
+def _train_epoch(optimizer, batches, backward: Callable[[tuple], torch.Tensor], lr_of_step: Callable, phase: str,
+                 epoch: int, rank: distributed.Rank = distributed.SINGLE) -> tuple[list, int, float]:
+    """One epoch of batches (tuples of row-aligned tensors, the labels second): lr set every step,
+    `backward(batch)` sets the gradients and returns the batch's loss, one optimizer step. Returns
+    (losses, samples seen, last lr); a non-finite loss fails the run, naming the phase, epoch and
+    step (checked once per epoch). Under DDP the losses are averaged over the ranks before the
+    check, so a NaN on one rank stops every rank at the same epoch."""
     losses, seen, lr = [], 0, math.nan
-    for step, (inputs, y) in enumerate(batches):
+    for step, batch in enumerate(batches):
         lr = lr_of_step(step)
         set_lr(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
-        if accum == 1:
-            loss = loss_of(inputs, y)
-            loss.backward()
-        else:
-            loss = 0.0
-            for m, (part_x, part_y) in enumerate(zip(inputs.tensor_split(accum), y.tensor_split(accum))):
-                last = m == accum - 1
-                with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
-                    part = loss_of(part_x, part_y) * (len(part_y) / len(y))
-                    part.backward()  # accumulates into .grad
-                loss = loss + part.detach()
+        losses.append(backward(batch).detach())
         optimizer.step()
-        losses.append(loss.detach())
-        seen += len(y)
+        seen += len(batch[1])
     if rank.world > 1:  # the whole batch's loss, the same on every rank
         losses = list(distributed.mean_across(torch.stack(losses), rank))
     require_finite(torch.stack(losses), phase, epoch + 1)
     return losses, seen, lr
+
+
+def _plain_backward(loss: torch.Tensor) -> torch.Tensor:
+    loss.backward()
+    return loss
 
 
 @register_eval("linear_probe")
@@ -236,7 +239,7 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
                                                           drop_last=True, device=device, shard=(rank.rank, rank.world),
                                                           augmentation=ecfg["augmentation"]))
         losses, seen, lr = _train_epoch(
-            optimizer, batches, lambda feats, y: criterion(head(feats), y),
+            optimizer, batches, lambda batch: _plain_backward(criterion(head(batch[0]), batch[1])),
             lambda step: lr_at(epoch + step / steps_per_epoch, base_lr, 0.0, ecfg["warmup_epochs"], ecfg["epochs"]),
             "linear_probe", epoch)
         log({"phase": "linear_probe", "epoch": epoch + 1, "loss": torch.stack(losses).mean().item(), "lr": lr,
@@ -267,15 +270,16 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
     optimizer = torch.optim.AdamW(layer_decay_groups(vit, ecfg["weight_decay"], ecfg["layer_decay"]), lr=base_lr)
     recipe = FinetuneRecipe(ecfg, train_set, img_size, cfg["seed"])  # RandAugment, erasing, mixup/cutmix
     criterion = recipe.criterion()
-    loss_of = lambda x, y: criterion(vit(x), y)  # noqa: E731
-    model, shard, rows, of_batch = vit, (0, 1), None, None
+    drop_layers = use_row_drop_path(vit)  # stochastic depth drawn per sample, for the whole batch
+    model, shard, rows, of_batch, weight = vit, (0, 1), None, None, 1.0
     if rank.world > 1:  # each rank trains its share of every batch; DDP averages the gradients
         _check_batch(batch_size, rank, "evals.finetune.batch_size")
         model, shard = nn.parallel.DistributedDataParallel(vit), (rank.rank, rank.world)
         rows = share(batch_size, rank.rank, rank.world)
         of_batch = (batch_size, rows)  # augment's `share`: the draws of the whole batch, this rank's rows
         weight = len(range(batch_size)[rows]) * rank.world / batch_size  # unequal shares: still the batch's mean
-        loss_of = lambda x, y: criterion(model(x), y) * weight  # noqa: E731
+    pool = PartPool(PartPool.parts_for(device, rank.world))  # one sub-batch per CPU thread
+    backward = finetune_backward(vit, model, criterion, pool, ecfg.get("accum_iter", 1), weight)
     steps_per_epoch = len(train_set) // batch_size
     start = time.perf_counter()
     for epoch in range(ecfg["epochs"]):
@@ -287,17 +291,17 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
             # prepares the whole batch and trains on its rows
             loader = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1, epoch=epoch, drop_last=True,
                                        device=device, augmentation=ecfg["augmentation"])
-            batches = (_rows(recipe(images, y, gen, epoch, step), rows) for step, (images, y) in enumerate(loader))
+            batches = (_rows((*recipe(images, y, gen, epoch, step), step_draws(drop_layers, batch_size, gen, device)),
+                             rows) for step, (images, y) in enumerate(loader))
         else:
             loader = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1, epoch=epoch, drop_last=True,
                                        device=device, shard=shard, augmentation=ecfg["augmentation"])
-            batches = ((_inputs(images, ecfg["augmentation"], img_size, train_set, gen, of_batch), y)
-                       for images, y in loader)
+            batches = ((_inputs(images, ecfg["augmentation"], img_size, train_set, gen, of_batch), y,
+                        _rows(step_draws(drop_layers, batch_size, gen, device), rows)) for images, y in loader)
         losses, seen, lr = _train_epoch(
-            optimizer, batches, loss_of,
+            optimizer, batches, backward,
             lambda step: lr_at(epoch + step / steps_per_epoch, base_lr, ecfg["min_lr"], ecfg["warmup_epochs"],
-                               ecfg["epochs"]), "finetune", epoch, accum=ecfg.get("accum_iter", 1), model=model,
-            rank=rank)
+                               ecfg["epochs"]), "finetune", epoch, rank=rank)
         seen = seen if rank.world == 1 else len(losses) * batch_size  # every rank trained its share
         log({"phase": "finetune", "epoch": epoch + 1, "loss": torch.stack(losses).mean().item(), "lr": lr,
              "images_per_s": seen / (time.perf_counter() - epoch_start), "wall_s": time.perf_counter() - start})
@@ -308,10 +312,12 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
         for images, y in test_set.batches(512, shuffle=False, seed=0, drop_last=False, device=device, shard=shard):
             if not len(y):  # a share of a last batch smaller than the world
                 continue
-            logits = vit(_inputs(images, "none", img_size, test_set, None))
+            x = _inputs(images, "none", img_size, test_set, None)
+            logits = pool.map(lambda lo, hi: vit(x[lo:hi]), len(x))
             finite &= torch.isfinite(logits).all()
             correct += top1(logits, y) * len(y) / 100.0
             total += len(y)
+    pool.close()
     if rank.world > 1:
         counts = distributed.sum_across(torch.tensor([correct, total, float(not finite)], dtype=torch.float64,
                                                      device=device), rank)
@@ -324,9 +330,36 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
     return (result, vit) if return_model else result
 
 
-def _rows(batch: tuple, rows: slice | None) -> tuple:
-    """A DDP rank's rows of a prepared (inputs, targets) batch; the whole batch for one process."""
-    return batch if rows is None else tuple(t[rows] for t in batch)
+def finetune_backward(vit: nn.Module, model: nn.Module, criterion, pool: PartPool, accum: int = 1,
+                      weight: float = 1.0) -> Callable[[tuple], torch.Tensor]:
+    """backward(batch) for a fine-tuning batch (inputs, targets, stochastic-depth draws or None): every
+    trainable weight's .grad set to the gradient of the batch's mean loss, computed as `accum`
+    micro-batches each split over `pool`'s threads; returns the loss. `model` is `vit` or its DDP
+    wrapper; `weight` turns a DDP rank's mean into its share of the batch's."""
+    params = [p for p in vit.parameters() if p.requires_grad]
+
+    def backward(batch: tuple) -> torch.Tensor:
+        x, y, draws = batch
+        n = len(y)
+
+        def loss_of(lo: int, hi: int) -> torch.Tensor:
+            with row_draws(None if draws is None else draws[lo:hi]):
+                loss = criterion(model(x[lo:hi]), y[lo:hi])
+            return loss if hi - lo == n and weight == 1.0 else loss * (weight * (hi - lo) / n)
+
+        return batch_backward(pool, model, n, accum, loss_of, params)
+
+    return backward
+
+
+def _rows(batch, rows: slice | None):
+    """A DDP rank's rows of a prepared batch (a tensor, or a tuple of them and Nones); the whole
+    batch for one process."""
+    if rows is None or batch is None:
+        return batch
+    if isinstance(batch, tuple):
+        return tuple(_rows(t, rows) for t in batch)
+    return batch[rows]
 
 
 def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int,

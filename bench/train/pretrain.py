@@ -16,10 +16,8 @@ tensors on one core beat the same tensors split across cores (see the README's s
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
@@ -35,6 +33,7 @@ from bench.train import distributed
 from bench.train.checkpoint import Checkpointer
 from bench.train.optim import (lr_at, pretrain_optimizer, scaled_lr, set_lr, set_weight_decay, weight_decay_at,
                                weight_decay_groups)
+from bench.train.parts import PartPool, batch_backward, row_draws, step_draws, use_row_drop_path
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device, stream: int = 0) -> torch.Generator:
@@ -42,94 +41,53 @@ def epoch_generator(seed: int, epoch: int, device: torch.device, stream: int = 0
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch * 101 + stream)
 
 
-MAX_CPU_PARTS = 8  # more Python threads than this would queue on the interpreter lock (unmeasured)
-
-
 class SplitStep:
     """Forward and backward of a batch as `parts` sub-batches, one per thread of one core each,
     and, with `accum` > 1, as `accum` micro-batches one after another (gradient accumulation,
-    MAE's accum_iter: the memory of one micro-batch, the update of the whole batch).
+    MAE's accum_iter: the memory of one micro-batch, the update of the whole batch) —
+    bench.train.parts's PartPool and batch_backward.
 
     Each part's loss (a mean over its masked patches, or all with loss_on_all) is weighted by its
     share of the batch's scored patches, so the parts' gradients, summed in a fixed order, are the batch's gradient
     (to float rounding): the same loss and update as one forward and backward of the batch.
     With parts=1 and accum=1 it is exactly that one forward and backward. precision "bf16" runs
     each forward under bfloat16 autocast (autocast is per thread, so each part enters its own).
+    Stochastic depth reads each sample's draw from `draws` (rows × layers, bench.train.parts.row_draws).
     Under DDP, gradients are synchronised once, on the last micro-batch (`no_sync` before it).
     """
 
     def __init__(self, model: torch.nn.Module, parts: int, precision: str = "fp32", loss_on_all: bool = False,
                  accum: int = 1):
-        self.model, self.parts, self.precision, self.loss_on_all = model, parts, precision, loss_on_all
-        self.accum = accum
+        self.model, self.precision, self.loss_on_all, self.accum = model, precision, loss_on_all, accum
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.pool = ThreadPoolExecutor(parts, thread_name_prefix="mimbench-part") if parts > 1 else None
+        self.pool = PartPool(parts)
+        self.parts = self.pool.parts
 
-    @staticmethod
-    def parts_for(device: torch.device, world: int) -> int:
-        """One part per torch thread on the CPU of a single-process run; 1 elsewhere."""
-        if device.type != "cpu" or world > 1:
-            return 1
-        return max(1, min(torch.get_num_threads(), MAX_CPU_PARTS))
+    parts_for = staticmethod(PartPool.parts_for)
 
     def _forward(self, x: torch.Tensor, mask: torch.Tensor, target, full_pred: bool) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             loss, _ = self.model(x, mask, target, full_pred=full_pred)
         return loss.float()
 
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor, target, full_pred: bool = False) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, target, full_pred: bool = False,
+                 draws: torch.Tensor | None = None) -> torch.Tensor:
         """Set every parameter's .grad to the gradient of the batch's loss; return the loss."""
-        parts, accum = min(self.parts, x.shape[0]), min(self.accum, x.shape[0])
         for p in self.params:
             p.grad = None
-        if parts == 1 and accum == 1:
-            loss = self._forward(x, mask, target, full_pred)
-            loss.backward()
-            return loss.detach()
+        n = x.shape[0]
         scored = torch.ones_like(mask) if self.loss_on_all else mask  # the patches the loss averages over
         total = scored.sum()
-        micro = [i * x.shape[0] // accum for i in range(accum + 1)]
-        loss = None
-        for m in range(accum):
-            last = m == accum - 1
-            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            with sync:
-                part_loss = self._micro(x, mask, scored, total, micro[m], micro[m + 1], parts, target, full_pred)
-            loss = part_loss if loss is None else loss + part_loss
-        return loss
 
-    def _micro(self, x, mask, scored, total, lo: int, hi: int, parts: int, target, full_pred: bool) -> torch.Tensor:
-        """Add the gradient of rows lo:hi's share of the batch's loss to every .grad; return that share."""
-        parts = min(parts, hi - lo)
-        if parts == 1:
-            loss = self._forward(x[lo:hi], mask[lo:hi], target, full_pred) * (scored[lo:hi].sum() / total)
-            loss.backward()  # accumulates into .grad
-            return loss.detach()
-        edges = [lo + i * (hi - lo) // parts for i in range(parts + 1)]
+        def loss_of(lo: int, hi: int) -> torch.Tensor:
+            with row_draws(None if draws is None else draws[lo:hi]):
+                loss = self._forward(x[lo:hi], mask[lo:hi], target, full_pred)
+            return loss if hi - lo == n else loss * (scored[lo:hi].sum() / total)
 
-        def part(i: int):
-            sub_mask = mask[edges[i]:edges[i + 1]]
-            loss = self._forward(x[edges[i]:edges[i + 1]], sub_mask, target, full_pred)
-            loss = loss * (scored[edges[i]:edges[i + 1]].sum() / total)
-            return loss.detach(), torch.autograd.grad(loss, self.params, allow_unused=True)
-
-        threads = torch.get_num_threads()  # a process-wide setting: one core per part meanwhile
-        torch.set_num_threads(max(1, threads // parts))
-        try:
-            results = list(self.pool.map(part, range(parts)))
-        finally:
-            torch.set_num_threads(threads)
-        for j, p in enumerate(self.params):
-            for g in (r[1][j] for r in results if r[1][j] is not None):
-                p.grad = g if p.grad is None else p.grad.add_(g)
-        loss = results[0][0]
-        for r in results[1:]:
-            loss = loss + r[0]
-        return loss
+        return batch_backward(self.pool, self.model, n, self.accum, loss_of, self.params)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+        self.pool.close()
 
 
 class PretrainStep:
@@ -145,6 +103,7 @@ class PretrainStep:
         self.batch_size = batch_size  # the global batch a shard is cut from (needed when shard[1] > 1)
         self.cropped = False  # True: the loader's workers crop (an ImageFolder), the device does the rest
         self.full_pred = False  # True: the decoder predicts every patch (same loss; the speed bench's ablation)
+        self.drop_layers = 0  # the model's RowDropPath layers (stochastic depth): the width of a step's draws
         # the decayed param groups (weight matrices; weight_decay_groups), by index: a resumed
         # optimizer's groups are new dicts
         self.decay_groups = [i for i, g in enumerate(optimizer.param_groups) if any(p.ndim > 1 for p in g["params"])]
@@ -168,8 +127,10 @@ class PretrainStep:
         frames = self.grid[0] if len(self.grid) == 3 else None  # clips: T' time steps of h×w tokens
         mask = masking.generate(mcfg["strategy"], n, self.grid[-2:], mcfg["ratio"], mcfg["params"], gen,
                                 x.device, frames=frames).flatten(1)[rows]  # B×T'×L → B×(T'·L), time-major
+        draws = step_draws(self.drop_layers, n, gen, x.device)  # after the masks: masks as without drop path
         # the decoder predicts only the masked patches (the loss's)
-        loss = self.split_step(x, mask, self.target, full_pred=self.full_pred)
+        loss = self.split_step(x, mask, self.target, full_pred=self.full_pred,
+                               draws=None if draws is None else draws[rows])
         if self.cfg["pretrain"].get("clip_grad") is not None:  # BEiT 3.0, SimMIM 5.0: the global norm
             torch.nn.utils.clip_grad_norm_(self.split_step.params, self.cfg["pretrain"]["clip_grad"])
         self.optimizer.step()  # a non-finite loss is caught by the loop, on every rank at once
@@ -188,6 +149,7 @@ def build_pretraining(cfg: dict, train_set, device: torch.device, cache_dir=None
     base_lr = scaled_lr(pcfg["blr"], pcfg["batch_size"])
     optimizer = pretrain_optimizer(pcfg.get("optimizer", "adamw"), weight_decay_groups(model, pcfg["weight_decay"]),
                                    base_lr, (pcfg["beta1"], pcfg["beta2"]))
+    drop_layers = use_row_drop_path(model)  # stochastic depth drawn per sample from the step's generator
     batch_size = min(pcfg["batch_size"], len(train_set))
     if batch_size % (world * pcfg.get("accum_iter", 1)):
         raise ValueError(f"pretrain.batch_size {batch_size} does not split over {world} processes x "
@@ -200,6 +162,7 @@ def build_pretraining(cfg: dict, train_set, device: torch.device, cache_dir=None
     step = PretrainStep(cfg, model, target, optimizer, split_step, method.mask_grid(cfg), train_set.mean,
                         train_set.std, (rank, world), batch_size)
     step.cropped = train_set.crops_in_loader
+    step.drop_layers = drop_layers
     return method, model, step
 
 
