@@ -281,3 +281,22 @@ def test_claims_not_resolved_or_not_run_cannot_be_judged(tmp_path):
     missing = ratio_study(tmp_path, "missing", {0.5: ([85], [60]), 0.9: ([86], [61])})
     assert verdicts(missing)[1] == CANNOT_JUDGE and missing.claims[1].detail == "we did not run 0.75"
     assert math.isnan(missing.rankings["lin"].tau) and missing.rankings["lin"].our_best is None
+
+
+def test_a_table_without_numbers_says_so_and_has_no_paper_legend(tmp_path, monkeypatch):
+    """SimMIM's head table: numbers not given; the plot says so in each panel and its legend
+    names only our series (no paper marker drawn, none in the legend)."""
+    for i, head in enumerate(("linear", "mlp", "decoder")):
+        for seed, offset in enumerate(SEED_OFFSETS):
+            add_run(tmp_path, "heads", f"h{i}-{seed}", finetune=80.0 + i + offset, probe=60.0 + offset, seed=seed,
+                    model__head=head)
+    figures = []
+    save = bench.analysis.compare_plot.save_png
+    monkeypatch.setattr(bench.analysis.compare_plot, "save_png", lambda fig, path: (figures.append(fig), save(fig, path)))
+    write_comparison(tmp_path / "heads", tmp_path / "reports", "simmim:head")
+    fig = figures[0]
+    legend = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert legend == ["ours: mean over seeds (left axis)", "ours: one run (seed)"]
+    notes = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert notes.count("paper: no number given") == 2
+    assert not [line for ax in fig.axes for line in ax.get_lines() if line.get_marker() == "D"]

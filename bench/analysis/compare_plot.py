@@ -65,10 +65,11 @@ def plot_comparison(comparison: Comparison, path: Path | str, title: str,
                           bounds.get(metric), numeric, paper_color, sub)
         ours_handle = plt.Line2D([], [], color=ours_color, marker="o", lw=2) if numeric else patches.Patch(color=ours_color)
         handles = [ours_handle,
-                   plt.Line2D([], [], ls="", marker="o", ms=4, alpha=0.6, color=ours_color if numeric else "0.15"),
-                   plt.Line2D([], [], color=paper_color, marker="D", ls="--" if numeric else "", lw=1.5)]
-        names = ["ours: mean over seeds (left axis)", "ours: one run (seed)",
-                 f"paper: {sub.label} (right axis)"]
+                   plt.Line2D([], [], ls="", marker="o", ms=4, alpha=0.6, color=ours_color if numeric else "0.15")]
+        names = ["ours: mean over seeds (left axis)", "ours: one run (seed)"]
+        if any(not math.isnan(s.paper(metric)) for s in ran for metric in METRICS):
+            handles.append(plt.Line2D([], [], color=paper_color, marker="D", ls="--" if numeric else "", lw=1.5))
+            names.append(f"paper: {sub.label} (right axis)")
         if bounds:
             handles.append(plt.Line2D([], [], color=paper_color, ls=":", lw=1.5))
             names.append("paper: a bound its text states")
