@@ -125,3 +125,26 @@ def test_pretraining_with_drop_path_gives_the_same_gradient_split_or_not():
     a, b = _grads(model), _grads(split)
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_a_thread_scoped_value_is_per_thread_and_restored():
+    import threading
+    from bench.core.scoped import ThreadScoped
+    scope, seen = ThreadScoped(), {}
+    barrier = threading.Barrier(2)
+
+    def worker(name):
+        with scope.using(name):
+            barrier.wait()  # both threads inside their blocks at once
+            seen[name] = scope.get()
+        seen[name + " after"] = scope.get()
+
+    with scope.using("outer"):
+        threads = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        with scope.using("inner"):
+            assert scope.get() == "inner"
+        assert scope.get() == "outer"
+    assert scope.get() is None
+    assert seen == {"a": "a", "b": "b", "a after": None, "b after": None}

@@ -10,31 +10,24 @@ model), B×1×h×w bool on the last stage's grid, True = visible.
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
-
 import torch
 from timm.layers import LayerNorm2d
 from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
-_STATE = threading.local()
+from bench.core.scoped import ThreadScoped
+
+_VISIBLE = ThreadScoped()
 
 
-@contextmanager
 def active_mask(visible: torch.Tensor | None):
     """Within the block, the sparse modules mask with `visible` (B×1×h×w bool; None: dense)."""
-    before = getattr(_STATE, "visible", None)
-    _STATE.visible = visible
-    try:
-        yield
-    finally:
-        _STATE.visible = before
+    return _VISIBLE.using(visible)
 
 
 def visible_at(height: int, width: int) -> torch.Tensor | None:
     """The active mask upsampled to a height × width map (B×1×H×W bool), or None when none is active."""
-    visible = getattr(_STATE, "visible", None)
+    visible = _VISIBLE.get()
     if visible is None:
         return None
     h, w = visible.shape[-2:]

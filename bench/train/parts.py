@@ -23,12 +23,13 @@ caller's grad and inference modes into the pool's threads; a part that wants aut
 from __future__ import annotations
 
 import contextlib
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import torch
 from torch import nn
+
+from bench.core.scoped import ThreadScoped
 
 MAX_CPU_PARTS = 8  # more Python threads than this would queue on the interpreter lock (unmeasured)
 
@@ -117,19 +118,13 @@ def batch_backward(pool: PartPool, model: nn.Module, n: int, accum: int,
 
 
 # ----------------------------------------------------------------------------- stochastic depth
-_draws = threading.local()
+_DRAWS = ThreadScoped()
 
 
-@contextlib.contextmanager
 def row_draws(uniforms: torch.Tensor | None):
     """While inside, this thread's RowDropPath layers read their samples' draws from `uniforms`
     (rows × layers, in [0, 1)); None: they draw from torch's global generator, as timm's do."""
-    previous = getattr(_draws, "uniforms", None)
-    _draws.uniforms = uniforms
-    try:
-        yield
-    finally:
-        _draws.uniforms = previous
+    return _DRAWS.using(uniforms)
 
 
 class RowDropPath(nn.Module):
@@ -145,7 +140,7 @@ class RowDropPath(nn.Module):
         if not self.training or self.drop_prob == 0.0:
             return x
         keep_prob = 1.0 - self.drop_prob
-        uniforms = getattr(_draws, "uniforms", None)
+        uniforms = _DRAWS.get()
         if uniforms is None:
             keep = x.new_empty((x.shape[0],)).bernoulli_(keep_prob)
         else:
