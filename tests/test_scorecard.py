@@ -79,3 +79,8 @@ def test_every_committed_comparison_is_on_the_scorecard():
     assert committed and all(study_paper(s, papers) for s in committed)
     frame = scorecard(REPO / "reports", REPO / "ablations")
     assert sorted(frame["study"].unique()) == committed
+    # SparK's and SimMIM's ablations give no numbers: their rows count nothing and say so
+    by_paper = totals(frame).set_index("paper")
+    for paper in ("SparK", "SimMIM"):
+        assert by_paper.loc[paper, "paper_orderings"] == 0
+        assert by_paper.loc[paper, "best_matches"] == "– (no paper number)"

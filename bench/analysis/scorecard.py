@@ -118,7 +118,8 @@ def totals(frame: pd.DataFrame) -> pd.DataFrame:
         rows.append({"paper": name, "comparisons": group["study"].nunique(),
                      "paper_orderings": int(group["paper_orderings"].sum()),
                      **{c: int(group[c].sum()) for c in COUNTS},
-                     "best_matches": f"{int(compared.astype(bool).sum())} of {len(compared)}"})
+                     "best_matches": f"{int(compared.astype(bool).sum())} of {len(compared)}" if len(compared)
+                     else "– (no paper number)"})
     return pd.DataFrame(rows)
 
 
