@@ -465,7 +465,7 @@ def test_the_loaders_name_the_bad_file_in_one_line(tmp_path):
 
 
 def test_an_imagefolder_image_that_breaks_later_names_its_file(tmp_path):
-    from bench.data.datasets import load_image
+    from bench.data.streaming import load_image
 
     image16(tmp_path / "deep.png")
     with pytest.raises(ConfigError, match=r"deep.png: imagefolder: has image mode I;16; expected an 8-bit image"):

@@ -13,7 +13,7 @@ import yaml
 
 from bench.core.errors import ConfigError
 from bench.data import DEBIAN_DATASETS, check_data, create_dataset, dataset_entry, identify
-from bench.data.datasets import ImageFolderSet, loader_workers
+from bench.data.streaming import ImageFolderSet, loader_workers
 from bench.data.subset import class_counts, stratified_subset
 from bench.launch.job import run_one
 from bench.launch.store import RunFolder

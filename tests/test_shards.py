@@ -11,7 +11,7 @@ from PIL import Image
 
 from bench.data import create_dataset
 from bench.data.augment import augment
-from bench.data.datasets import ImageFolderSet
+from bench.data.streaming import ImageFolderSet
 from bench.data.shards import share, step_rows
 from bench.study.config import resolve
 from bench.train.pretrain import pretrain
@@ -65,9 +65,9 @@ def test_an_imagefolder_rank_decodes_only_its_share_and_keeps_its_workers(tmp_pa
     whole = list(folder.batches(4, shuffle=True, seed=1, epoch=0, drop_last=True))
     decoded = []
     one = ImageFolderSet(tmp_path / "train", "train", 16, None, workers=0)  # decodes in this process: countable
-    import bench.data.datasets as datasets
-    real = datasets.load_image
-    monkeypatch.setattr(datasets, "load_image", lambda path: decoded.append(path) or real(path))
+    import bench.data.streaming as streaming
+    real = streaming.load_image
+    monkeypatch.setattr(streaming, "load_image", lambda path: decoded.append(path) or real(path))
     rank1 = list(one.batches(4, shuffle=True, seed=1, epoch=0, drop_last=True, shard=(1, 2)))
     assert len(decoded) == 6  # 3 steps x 2 images: half of every batch, nothing else read
     for (images, labels), (part, part_labels) in zip(whole, rank1):

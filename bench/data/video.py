@@ -46,8 +46,8 @@ import torch.nn.functional as F
 
 from bench.core.errors import ConfigError
 from bench.data import dataset_entry, find_root
-from bench.data.datasets import (ImageSet, Unreadable, _Steps, _collate, _read_idx, batch_order, in_memory,
-                                 loader_workers)
+from bench.data.datasets import ImageSet, _read_idx, batch_order, in_memory
+from bench.data.streaming import Steps, Unreadable, collate, loader_workers
 from bench.data.files import (FRAME_START, FRAME_TEMPLATE, MOVING_FASHION_MNIST, VIDEO_EXTENSIONS, idx_file,
                               limit_error, videofolder_samples)
 from bench.data.shards import WHOLE, Shard, step_rows
@@ -248,9 +248,9 @@ class VideoFolderSet:
         if loader is None:  # one loader per device: its workers stay up from one pass to the next
             workers = loader_workers() if self.workers is None else self.workers
             loader = torch.utils.data.DataLoader(
-                _Clips(self.samples, self.frames, self.stride, self.load_size), batch_sampler=_Steps(),
+                _Clips(self.samples, self.frames, self.stride, self.load_size), batch_sampler=Steps(),
                 num_workers=workers, pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0,
-                collate_fn=_collate, generator=torch.Generator().manual_seed(0))  # workers' seeds: not the process's
+                collate_fn=collate, generator=torch.Generator().manual_seed(0))  # workers' seeds: not the process's
             self._loader[str(device)] = loader
         loader.batch_sampler.steps = [[(i, starts) for i in rows]
                                       for rows in step_rows(order, batch_size, drop_last, start, shard)]
