@@ -1,12 +1,14 @@
 """Datasets streamed from disk through DataLoader workers, in the deterministic order of
 bench.data.datasets.batch_order: ImageFolder trees (`ImageFolderSet`), and the pieces the video
-folders (bench.data.video) share — the worker count (`loader_workers`), the batch sampler set before
-each pass (`Steps`), and the file a worker could not read handed back as one line (`Unreadable`).
+folders (bench.data.video) share — one persistent loader per device (`streamed_batches`), the worker
+count (`loader_workers`), the batch sampler set before each pass (`Steps`), and the file a worker
+could not read handed back as one line (`Unreadable`).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -181,18 +183,29 @@ class ImageFolderSet:
         share of each (bench.data.shards) is read and decoded."""
         order = batch_order(self.length, seed, epoch).tolist() if shuffle else list(range(self.length))
         kind = {"crop_rand": "rrc", "crop_color": "rrc", "crop_fixed": "fixed"}.get(augmentation, "eval")
-        loader = self._loader.get(str(device))
-        if loader is None:  # one loader per device: its workers stay up from one pass to the next
-            workers = loader_workers() if self.workers is None else self.workers
-            loader = torch.utils.data.DataLoader(
-                FolderImages(self.samples, self.transforms), batch_sampler=Steps(), num_workers=workers,
-                pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0, collate_fn=collate,
-                generator=torch.Generator().manual_seed(0))  # its workers' seeds: not from the process's stream
-            self._loader[str(device)] = loader
-        loader.batch_sampler.steps = [[(i, kind, (seed * 1_000_003 + epoch) * 10_000_019 + i) for i in rows]
-                                      for rows in step_rows(order, batch_size, drop_last, start, shard)]
-        for batch in loader:
-            if isinstance(batch, Unreadable):
-                raise batch.error()
-            images, labels = batch
-            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        steps = [[(i, kind, (seed * 1_000_003 + epoch) * 10_000_019 + i) for i in rows]
+                 for rows in step_rows(order, batch_size, drop_last, start, shard)]
+        yield from streamed_batches(self._loader, device, lambda: FolderImages(self.samples, self.transforms),
+                                    self.workers, steps)
+
+
+def streamed_batches(loaders: dict, device, dataset_of: Callable[[], torch.utils.data.Dataset],
+                     workers: int | None, steps: list[list]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, labels) batches on `device`, one per step (a list of the dataset's items), read by
+    the DataLoader kept in `loaders` for this device — made on the first pass from `dataset_of()`,
+    its workers (`workers`; None: `loader_workers()`) staying up from one pass to the next. A batch
+    holding a file a worker could not read raises that file's one-line error here."""
+    loader = loaders.get(str(device))
+    if loader is None:
+        workers = loader_workers() if workers is None else workers
+        loader = torch.utils.data.DataLoader(
+            dataset_of(), batch_sampler=Steps(), num_workers=workers, pin_memory=torch.device(device).type == "cuda",
+            persistent_workers=workers > 0, collate_fn=collate,
+            generator=torch.Generator().manual_seed(0))  # its workers' seeds: not from the process's stream
+        loaders[str(device)] = loader
+    loader.batch_sampler.steps = steps
+    for batch in loader:
+        if isinstance(batch, Unreadable):
+            raise batch.error()
+        inputs, labels = batch
+        yield inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from bench.core.errors import ConfigError
 from bench.data import dataset_entry, find_root
 from bench.data.datasets import ImageSet, _read_idx, batch_order, in_memory
-from bench.data.streaming import Steps, Unreadable, collate, loader_workers
+from bench.data.streaming import Unreadable, streamed_batches
 from bench.data.files import (FRAME_START, FRAME_TEMPLATE, MOVING_FASHION_MNIST, VIDEO_EXTENSIONS, idx_file,
                               limit_error, videofolder_samples)
 from bench.data.shards import WHOLE, Shard, step_rows
@@ -244,21 +244,10 @@ class VideoFolderSet:
         `augmentation` is not used here: whole frames, cropped on the device."""
         order = batch_order(len(self), seed, epoch).tolist() if shuffle else list(range(len(self)))
         starts = (seed, epoch) if shuffle and self.split == "train" else None
-        loader = self._loader.get(str(device))
-        if loader is None:  # one loader per device: its workers stay up from one pass to the next
-            workers = loader_workers() if self.workers is None else self.workers
-            loader = torch.utils.data.DataLoader(
-                _Clips(self.samples, self.frames, self.stride, self.load_size), batch_sampler=Steps(),
-                num_workers=workers, pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0,
-                collate_fn=collate, generator=torch.Generator().manual_seed(0))  # workers' seeds: not the process's
-            self._loader[str(device)] = loader
-        loader.batch_sampler.steps = [[(i, starts) for i in rows]
-                                      for rows in step_rows(order, batch_size, drop_last, start, shard)]
-        for batch in loader:
-            if isinstance(batch, Unreadable):
-                raise batch.error()
-            clips, labels = batch
-            yield clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        steps = [[(i, starts) for i in rows] for rows in step_rows(order, batch_size, drop_last, start, shard)]
+        yield from streamed_batches(self._loader, device,
+                                    lambda: _Clips(self.samples, self.frames, self.stride, self.load_size),
+                                    self.workers, steps)
 
 
 def load_videofolder(name: str, split: str, data_root: str | None, *, limit: int | None, load_size: int,
