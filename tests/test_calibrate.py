@@ -30,8 +30,12 @@ def test_expected_time_is_the_runs_compute_in_calibration_steps(tiny_base):
     steps = expected_steps(configs, None, cal)
     budget = sum(run_budget(c, 512, 256)["total"] for c in configs)  # train_limit 512, test_limit 256
     assert steps == pytest.approx(budget / 1e9)
-    assert expected_seconds(steps, cal, runs=2, at_once=2) == pytest.approx(steps * 0.5 / 2)
-    assert expected_seconds(steps, cal, runs=1, at_once=4) == pytest.approx(steps * 0.5)  # one run: one at a time
+    assert expected_seconds(steps, cal, runs=2, at_once=2, cores=2) == pytest.approx(steps * 0.5 / 2)
+    assert expected_seconds(steps, cal, runs=1, at_once=4, cores=2) == pytest.approx(steps * 0.5)  # one run: one at a time
+    # five at once on two cores share them: as fast as two at a time, not five
+    assert expected_seconds(steps, cal, runs=5, at_once=5, cores=2) == pytest.approx(steps * 0.5 / 2)
+    two_threads = Calibration(seconds=0.5, flop=1e9, threads=2, batch=128)
+    assert expected_seconds(steps, two_threads, runs=4, at_once=4, cores=4) == pytest.approx(steps * 0.5 / 2)
 
 
 def test_a_local_launch_prints_the_calibration_and_the_expected_time(tmp_path, tiny_base, capsys):

@@ -33,7 +33,7 @@ def test_python_dash_m_bench_is_the_cli():
     out = subprocess.run([sys.executable, "-m", "bench", "plan", "ablations/quickstart.yaml"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for rid in ("39fef4729ab4", "eae9c901b9df", "2b3c4e37537f"):  # tests/data/run_ids.json
+    for rid in ("e89f2d5c17f1", "67ba5413c5a5", "4471a3975d87"):  # tests/data/run_ids.json
         assert rid in out.stdout
     bad = subprocess.run([sys.executable, "-m", "bench", "plan", "no/such/spec.yaml"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)

@@ -18,6 +18,7 @@ the budget does, so no tokenizer is fitted.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass
 
@@ -85,6 +86,9 @@ def expected_steps(configs: list[dict], data_root: str | None, calibration: Cali
     return total / calibration.flop
 
 
-def expected_seconds(steps: float, calibration: Calibration, runs: int, at_once: int) -> float:
-    """`steps` calibration steps, `at_once` of the `runs` going at a time (each with the calibration's threads)."""
-    return steps * calibration.seconds / max(1, min(at_once, runs))
+def expected_seconds(steps: float, calibration: Calibration, runs: int, at_once: int,
+                     cores: int | None = None) -> float:
+    """`steps` calibration steps, `at_once` of the `runs` going at a time (each with the calibration's
+    threads) on `cores` cores (default: this machine's): more runs at once than the cores hold share them."""
+    cores = cores or os.cpu_count() or 1
+    return steps * calibration.seconds / max(1, min(at_once, runs, cores // calibration.threads))
