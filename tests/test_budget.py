@@ -45,7 +45,9 @@ def cpu_flops(cfg, ratio):
 
 # ----------------------------------------------------------------------------- one run's FLOPs
 def test_run_budget_is_flops_per_image_times_images_times_epochs(tiny_base):
-    cfg = resolve({**tiny_base, "evals": {**tiny_base["evals"], "knn": {"enabled": True}}})
+    # k-NN on avgpool, the probe on cls: not the same features, so each extracts its own
+    cfg = resolve({**tiny_base, "evals": {**tiny_base["evals"], "knn": {"enabled": True, "feature": "avgpool"}}})
+    assert cfg["evals"]["linear_probe"]["feature"] == "cls"
     forward, encoder = cpu_flops(cfg, 0.75)["total"], cpu_flops(cfg, 0.0)["encoder"]
     out = budget.run_budget(cfg, 512, 256)
     assert out["pretrain"] == 3 * forward * 512 * 2  # pretrain.epochs 2

@@ -158,3 +158,35 @@ def test_linear_probe_cached_and_recomputed_features_see_the_same_batches(tiny):
     assert len(cached_losses) == config["evals"]["linear_probe"]["epochs"]
     assert cached_losses == pytest.approx(losses, rel=1e-6, abs=0)  # another order: ~1e-4 apart
     assert cached_top1 == pytest.approx(top1, abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- probe and k-NN share features
+@pytest.mark.parametrize("knn_feature, extractions", [("cls", 2), ("avgpool", 4)])
+def test_the_probe_and_knn_extract_shared_features_once(tiny, monkeypatch, knn_feature, extractions):
+    """Probe (cls, no augmentation) then k-NN: with the same feature the train and test sets go
+    through the encoder once (2 extractions, not 4), and both evals score what they score alone."""
+    config, encoder_state, train_set, test_set = tiny
+    config = copy.deepcopy(config)
+    config["evals"]["knn"].update(enabled=True, feature=knn_feature)
+    assert config["evals"]["linear_probe"]["feature"] == "cls"
+    alone = {"linear_probe": evals.linear_probe(config, encoder_state, train_set, test_set, "cpu")["top1"],
+             "knn": evals.knn(config, encoder_state, train_set, test_set, "cpu")["top1"]}
+    calls = []
+    real = evals.extract_features
+    monkeypatch.setattr(evals, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shared = {}
+    assert [n for n in evals.list_evals() if n != "finetune"] == ["linear_probe", "knn"]  # the frozen ones first
+    together = {name: evals.create_eval(name)(config, encoder_state, train_set, test_set, "cpu", shared=shared)["top1"]
+                for name in ("linear_probe", "knn")}
+    assert len(calls) == extractions
+    assert together == alone
+    assert shared == {}  # k-NN took them: nothing is held through the fine-tune
+
+
+def test_the_budget_counts_shared_features_once(tiny):
+    from bench.study.budget import run_budget
+    config = copy.deepcopy(tiny[0])
+    config["evals"]["knn"].update(enabled=True, feature="cls")
+    assert run_budget(config, 100, 50)["knn"] == 0.0
+    config["evals"]["knn"]["feature"] = "avgpool"
+    assert run_budget(config, 100, 50)["knn"] > 0.0

@@ -11,7 +11,8 @@ images × epochs, with a step that trains counted as 3 × its forward (forward +
     finetune      3 × encoder × train images × epochs + encoder × test images
     linear_probe  encoder × (train + test images) with augmentation none (features computed once),
                   else encoder × train images × epochs + encoder × test images (frozen: no backward)
-    knn           encoder × (train + test images)
+    knn           encoder × (train + test images); 0 when the probe's cached features are its own
+                  (bench.train.evals.probe_and_knn_share_features: extracted once)
 
 where `encoder` is flops_per_image(0.0)["encoder"], the encoder with every patch visible (MAE's
 encoder at ratio 0 sees all of them; the masked-ViT and Swin encoders always do; SparK's dense
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 
 from bench.core.errors import ConfigError
 from bench.core.hashing import canonical_json
+from bench.study.config import probe_and_knn_share_features
 
 HEADER = "FLOP:\npretrain + evals"  # plan's column (its header two lines); its cells read "1.2E + 300P"
 TRAIN_FACTOR = 3  # forward + backward ≈ 3 × forward
@@ -131,7 +133,7 @@ def run_budget(cfg: dict, n_train: int, n_test: int) -> dict:
     if probe["enabled"]:
         epochs = 1 if probe["augmentation"] == "none" else probe["epochs"]
         out["linear_probe"] = encoder * n_train * epochs + encoder * n_test
-    if evals["knn"]["enabled"]:
+    if evals["knn"]["enabled"] and not probe_and_knn_share_features(evals):
         out["knn"] = encoder * (n_train + n_test)
     out["evals"] = out["finetune"] + out["linear_probe"] + out["knn"]
     out["total"] = out["pretrain"] + out["evals"]

@@ -17,6 +17,10 @@
                   (Wu et al. 2018, as DINO uses it): L2-normalised features, cosine similarity,
                   the k most similar training images vote with weight exp(similarity / T).
 
+A run's evals go in that order, the frozen ones first (linear_probe, knn, finetune); when the
+probe's cached features are k-NN's too (the same feature), they are extracted once and handed on
+(`frozen_features`).
+
 Under DDP (bench.train.distributed: the process group a multi-task job set up) the evals run
 on every rank together: the fine-tune trains each rank's share of every batch under
 DistributedDataParallel (`batch_size` stays the global batch) and scores its share of the test
@@ -50,6 +54,7 @@ from bench.data.datasets import batch_order
 from bench.data.shards import share
 from bench.methods import create_method
 from bench.train import distributed
+from bench.study.config import probe_and_knn_share_features
 from bench.train.finetune_recipe import FinetuneRecipe
 from bench.train.optim import LARS, layer_decay_groups, lr_at, scaled_lr, set_lr
 from bench.train.parts import PartPool, batch_backward, row_draws, step_draws, use_row_drop_path
@@ -160,6 +165,23 @@ def extract_features(encoder: EvalEncoder, dataset, img_size: int, batch_size: i
     return feats, torch.cat(labels)
 
 
+def frozen_features(name: str, cfg: dict, encoder: EvalEncoder, train_set, test_set, device,
+                    shared: dict | None) -> tuple:
+    """(train features, train labels, test features, test labels) of the frozen encoder for the
+    eval `name`. `shared` is a run's scratch for its evals (bench.launch.job): when the linear probe
+    on cached features and k-NN both read the same feature, the probe leaves what it extracted
+    there and k-NN (the next eval) takes it, so they are extracted once. The same decision on every
+    DDP rank (it reads the config only), so the ranks' gathers stay in step."""
+    if shared is not None and "frozen_features" in shared:
+        return shared.pop("frozen_features")
+    img_size = cfg["data"]["img_size"]
+    out = (*extract_features(encoder, train_set, img_size, 512, device),
+           *extract_features(encoder, test_set, img_size, 512, device))
+    if shared is not None and name == "linear_probe" and probe_and_knn_share_features(cfg["evals"]):
+        shared["frozen_features"] = out
+    return out
+
+
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(dim=1) == labels).float().mean().item()
 
@@ -192,9 +214,10 @@ def _plain_backward(loss: torch.Tensor) -> torch.Tensor:
 
 @register_eval("linear_probe")
 def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
-                 log: Callable[[dict], None] = lambda row: None, _recompute_features: bool = False) -> dict:
+                 log: Callable[[dict], None] = lambda row: None, _recompute_features: bool = False,
+                 shared: dict | None = None) -> dict:
     """`_recompute_features` (for tests) runs the encoder on every batch even when the features
-    could be cached; both paths see the same batches in the same order."""
+    could be cached; both paths see the same batches in the same order. `shared`: frozen_features."""
     ecfg, img_size = cfg["evals"]["linear_probe"], cfg["data"]["img_size"]
     torch.manual_seed(cfg["seed"])
     vit = build_encoder(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"]).to(device)
@@ -220,8 +243,9 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
     rows = (batch_size, share(batch_size, rank.rank, rank.world)) if rank.world > 1 else None
     gather = functools.partial(distributed.gather_share, n=batch_size, rank=rank)
     start = time.perf_counter()
-    if cached:  # features computed once; the head trains on them
-        train_feats, train_labels = extract_features(vit, train_set, img_size, 512, device)
+    if cached:  # features computed once (the test set's too); the head trains on them
+        train_feats, train_labels, test_feats, test_labels = frozen_features("linear_probe", cfg, vit, train_set,
+                                                                             test_set, device, shared)
     steps_per_epoch = len(train_set) // batch_size
     criterion = nn.CrossEntropyLoss()
     for epoch in range(ecfg["epochs"]):
@@ -245,17 +269,61 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
         log({"phase": "linear_probe", "epoch": epoch + 1, "loss": torch.stack(losses).mean().item(), "lr": lr,
              "images_per_s": seen / (time.perf_counter() - epoch_start), "wall_s": time.perf_counter() - start})
     head.eval()
-    test_feats, test_labels = extract_features(vit, test_set, img_size, 512, device)
+    if not cached:
+        test_feats, test_labels = extract_features(vit, test_set, img_size, 512, device)
     with torch.no_grad():
         acc = top1(head(test_feats), test_labels)
     return {"top1": acc, "feature": ecfg["feature"], "cached_features": cached,
             "wall_s": time.perf_counter() - start}
 
 
+def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int,
+                temperature: float, num_classes: int, chunk: int = 256) -> torch.Tensor:
+    """Weighted kNN (Wu et al. 2018; DINO's eval_knn): the predicted class of every test feature.
+
+    Features are L2-normalised, so similarity is the cosine. Each test feature's k most similar
+    training features (all of them when k is larger) vote for their class with weight
+    exp(similarity / temperature); the class with the largest sum wins. Test features go
+    `chunk` at a time, so memory stays at chunk × len(train_feats) similarities.
+    """
+    train_feats = nn.functional.normalize(train_feats.float(), dim=1)
+    test_feats = nn.functional.normalize(test_feats.float(), dim=1)
+    k = min(k, len(train_feats))
+    predictions = []
+    for part in test_feats.split(chunk):
+        sims, idx = (part @ train_feats.T).topk(k, dim=1)             # chunk × k, most similar first
+        # exp((s - s_max) / T): the same vote up to a factor per row, and no overflow for small T
+        weights = ((sims - sims[:, :1]) / temperature).exp()
+        votes = torch.zeros(len(part), num_classes, device=part.device)
+        votes.scatter_add_(1, train_labels[idx], weights)
+        predictions.append(votes.argmax(dim=1))
+    return torch.cat(predictions)
+
+
+@register_eval("knn")
+def knn(cfg: dict, encoder_state: dict, train_set, test_set, device,
+        log: Callable[[dict], None] = lambda row: None, shared: dict | None = None) -> dict:
+    """`shared`: the probe's features when they are the same ones (frozen_features)."""
+    ecfg = cfg["evals"]["knn"]
+    torch.manual_seed(cfg["seed"])
+    vit = build_encoder(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"]).to(device)
+    vit.requires_grad_(False)
+    start = time.perf_counter()
+    train_feats, train_labels, test_feats, test_labels = frozen_features("knn", cfg, vit, train_set, test_set,
+                                                                         device, shared)
+    predicted = knn_predict(train_feats, train_labels, test_feats, ecfg["k"], ecfg["temperature"],
+                            train_set.num_classes)
+    acc = 100.0 * (predicted == test_labels).float().mean().item()
+    return {"top1": acc, "k": ecfg["k"], "temperature": ecfg["temperature"], "feature": ecfg["feature"],
+            "wall_s": time.perf_counter() - start}
+
+
 @register_eval("finetune")
 def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
-             log: Callable[[dict], None] = lambda row: None, return_model: bool = False):
-    """The result dict; with `return_model`, (result, the fine-tuned ViT)."""
+             log: Callable[[dict], None] = lambda row: None, return_model: bool = False,
+             shared: dict | None = None):
+    """The result dict; with `return_model`, (result, the fine-tuned ViT). `shared` is not read:
+    fine-tuning moves the weights, so it extracts no frozen features."""
     ecfg, img_size = cfg["evals"]["finetune"], cfg["data"]["img_size"]
     rank = distributed.current()
     torch.manual_seed(cfg["seed"])
@@ -360,44 +428,3 @@ def _rows(batch, rows: slice | None):
     if isinstance(batch, tuple):
         return tuple(_rows(t, rows) for t in batch)
     return batch[rows]
-
-
-def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, k: int,
-                temperature: float, num_classes: int, chunk: int = 256) -> torch.Tensor:
-    """Weighted kNN (Wu et al. 2018; DINO's eval_knn): the predicted class of every test feature.
-
-    Features are L2-normalised, so similarity is the cosine. Each test feature's k most similar
-    training features (all of them when k is larger) vote for their class with weight
-    exp(similarity / temperature); the class with the largest sum wins. Test features go
-    `chunk` at a time, so memory stays at chunk × len(train_feats) similarities.
-    """
-    train_feats = nn.functional.normalize(train_feats.float(), dim=1)
-    test_feats = nn.functional.normalize(test_feats.float(), dim=1)
-    k = min(k, len(train_feats))
-    predictions = []
-    for part in test_feats.split(chunk):
-        sims, idx = (part @ train_feats.T).topk(k, dim=1)             # chunk × k, most similar first
-        # exp((s - s_max) / T): the same vote up to a factor per row, and no overflow for small T
-        weights = ((sims - sims[:, :1]) / temperature).exp()
-        votes = torch.zeros(len(part), num_classes, device=part.device)
-        votes.scatter_add_(1, train_labels[idx], weights)
-        predictions.append(votes.argmax(dim=1))
-    return torch.cat(predictions)
-
-
-@register_eval("knn")
-def knn(cfg: dict, encoder_state: dict, train_set, test_set, device,
-        log: Callable[[dict], None] = lambda row: None) -> dict:
-    ecfg, img_size = cfg["evals"]["knn"], cfg["data"]["img_size"]
-    torch.manual_seed(cfg["seed"])
-    vit = build_encoder(cfg, encoder_state, train_set.num_classes, train_set.channels, ecfg["feature"]).to(device)
-    vit.requires_grad_(False)
-    start = time.perf_counter()
-    train_feats, train_labels = extract_features(vit, train_set, img_size, 512, device)
-    test_feats, test_labels = extract_features(vit, test_set, img_size, 512, device)
-    predicted = knn_predict(train_feats, train_labels, test_feats, ecfg["k"], ecfg["temperature"],
-                            train_set.num_classes)
-    acc = 100.0 * (predicted == test_labels).float().mean().item()
-    return {"top1": acc, "k": ecfg["k"], "temperature": ecfg["temperature"], "feature": ecfg["feature"],
-            "wall_s": time.perf_counter() - start}
-
