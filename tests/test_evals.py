@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from bench.train import evals
+from bench.train import evals, features
 from bench.study.config import resolve
 from bench.data import create_dataset
 from bench.train.optim import layer_decay_groups
@@ -172,8 +172,8 @@ def test_the_probe_and_knn_extract_shared_features_once(tiny, monkeypatch, knn_f
     alone = {"linear_probe": evals.linear_probe(config, encoder_state, train_set, test_set, "cpu")["top1"],
              "knn": evals.knn(config, encoder_state, train_set, test_set, "cpu")["top1"]}
     calls = []
-    real = evals.extract_features
-    monkeypatch.setattr(evals, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = features.extract_features
+    monkeypatch.setattr(features, "extract_features", lambda *a, **k: calls.append(1) or real(*a, **k))
     shared = {}
     assert [n for n in evals.list_evals() if n != "finetune"] == ["linear_probe", "knn"]  # the frozen ones first
     together = {name: evals.create_eval(name)(config, encoder_state, train_set, test_set, "cpu", shared=shared)["top1"]

@@ -1,7 +1,7 @@
 """The evals' step kinds for `mimbench bench speed`: the encoder the evals build, timed per step.
 
     encoder_forward               the features the linear probe caches: all patches, no grad, eval mode,
-                                  one sub-batch per CPU thread (bench.train.evals.features_of)
+                                  one sub-batch per CPU thread (bench.train.features.features_of)
     linear_probe_step_cached      one probe step (BatchNorm without affine + linear head, LARS) on
                                   features computed once (augmentation none)
     linear_probe_step_recomputed  the same step with features recomputed from augmented images
@@ -10,7 +10,7 @@
                                   crop_rand, one sub-batch per CPU thread
 
 The encoder is the config's method's (bench.train.evals.build_encoder) and its `features(x)` is
-what the probe reads; the cached features come from bench.train.evals.extract_features.
+what the probe reads; the cached features come from bench.train.features.extract_features.
 """
 from __future__ import annotations
 

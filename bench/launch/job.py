@@ -221,7 +221,7 @@ def _follow(config, rid, launch, checkpointer, encoder_path, cache_dir, rank, de
                             compile=launch.get("compile", False))
         encoder_state = create_method(config["method"]).encoder_state(model)  # every rank holds the same weights
     checkpointer.defer = False
-    shared = {}  # features the probe and k-NN both read (bench.train.evals.frozen_features), as on the main
+    shared = {}  # features the probe and k-NN both read (bench.train.features.frozen_features), as on the main
     for name in list_evals():
         if config["evals"][name]["enabled"]:
             create_eval(name)(config, encoder_state, train_set, test_set, device, lambda row: None, shared=shared)
@@ -293,7 +293,7 @@ def _execute(config, rid, study, folder, launch, lease, checkpointer, saved, set
         checkpointer.defer = False  # the evals restart from the encoder if interrupted
         n_params_encoder = sum(v.numel() for k, v in encoder_state.items() if k != "pos_embed")
         def run_evals() -> dict:
-            evals, rows, shared = {}, [], {}  # shared: bench.train.evals.frozen_features
+            evals, rows, shared = {}, [], {}  # shared: bench.train.features.frozen_features
             for name in list_evals():
                 if config["evals"][name]["enabled"]:
                     enter(name)

@@ -361,7 +361,7 @@ def is_known_key(dotted: str) -> bool:
 
 def probe_and_knn_share_features(evals: dict) -> bool:
     """Whether the linear probe's cached features are k-NN's too (both on, the same feature, the
-    probe without augmentation): bench.train.evals.frozen_features hands them on,
+    probe without augmentation): bench.train.features.frozen_features hands them on,
     bench.study.budget counts them once."""
     probe, knn_cfg = evals["linear_probe"], evals["knn"]
     return (probe["enabled"] and knn_cfg["enabled"] and probe["augmentation"] == "none"

@@ -19,7 +19,7 @@
 
 A run's evals go in that order, the frozen ones first (linear_probe, knn, finetune); when the
 probe's cached features are k-NN's too (the same feature), they are extracted once and handed on
-(`frozen_features`).
+(bench.train.features.frozen_features).
 
 Under DDP (bench.train.distributed: the process group a multi-task job set up) the evals run
 on every rank together: the fine-tune trains each rank's share of every batch under
@@ -54,7 +54,7 @@ from bench.data.datasets import batch_order
 from bench.data.shards import share
 from bench.methods import create_method
 from bench.train import distributed
-from bench.study.config import probe_and_knn_share_features
+from bench.train.features import extract_features, features_of, frozen_features
 from bench.train.finetune_recipe import FinetuneRecipe
 from bench.train.optim import LARS, layer_decay_groups, lr_at, scaled_lr, set_lr
 from bench.train.parts import PartPool, batch_backward, row_draws, step_draws, use_row_drop_path
@@ -135,51 +135,6 @@ def _check_batch(batch_size: int, rank: distributed.Rank, key: str) -> None:
     if batch_size < rank.world:
         raise ValueError(f"{key} is {batch_size} images here; each of the {rank.world} processes needs a share "
                          f"of every batch: expected at least {rank.world}")
-
-
-def features_of(encoder: EvalEncoder, x: torch.Tensor, pool: PartPool) -> torch.Tensor:
-    """The encoder's pooled features of a batch, one sub-batch per thread of `pool`."""
-    return pool.map(lambda lo, hi: encoder.features(x[lo:hi]), len(x))
-
-
-@torch.no_grad()
-def extract_features(encoder: EvalEncoder, dataset, img_size: int, batch_size: int, device) -> tuple:
-    """Pooled, pre-head features of every image (no augmentation), with the labels. Under DDP each
-    rank runs the encoder on its share of every batch and the shares are gathered: every rank
-    gets every feature, in the dataset's order."""
-    rank = distributed.current()
-    encoder.eval()
-    feats, labels = [], []
-    pool = PartPool(PartPool.parts_for(device, rank.world))  # one sub-batch per CPU thread
-    for k, (images, y) in enumerate(dataset.batches(batch_size, shuffle=False, seed=0, drop_last=False,
-                                                    device=device, shard=(rank.rank, rank.world))):
-        n = min(batch_size, len(dataset) - k * batch_size)  # the batch this share was cut from
-        x = _inputs(images, "none", img_size, dataset, None)
-        f = features_of(encoder, x, pool) if len(y) else torch.zeros(0, encoder.num_features, device=x.device)
-        feats.append(distributed.gather_share(f, n, rank))
-        labels.append(distributed.gather_share(y, n, rank))
-    pool.close()
-    feats = torch.cat(feats)
-    if not torch.isfinite(feats).all():
-        raise NonFiniteError(f"the encoder's features of {len(feats)} images hold NaN or infinite values")
-    return feats, torch.cat(labels)
-
-
-def frozen_features(name: str, cfg: dict, encoder: EvalEncoder, train_set, test_set, device,
-                    shared: dict | None) -> tuple:
-    """(train features, train labels, test features, test labels) of the frozen encoder for the
-    eval `name`. `shared` is a run's scratch for its evals (bench.launch.job): when the linear probe
-    on cached features and k-NN both read the same feature, the probe leaves what it extracted
-    there and k-NN (the next eval) takes it, so they are extracted once. The same decision on every
-    DDP rank (it reads the config only), so the ranks' gathers stay in step."""
-    if shared is not None and "frozen_features" in shared:
-        return shared.pop("frozen_features")
-    img_size = cfg["data"]["img_size"]
-    out = (*extract_features(encoder, train_set, img_size, 512, device),
-           *extract_features(encoder, test_set, img_size, 512, device))
-    if shared is not None and name == "linear_probe" and probe_and_knn_share_features(cfg["evals"]):
-        shared["frozen_features"] = out
-    return out
 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
