@@ -15,7 +15,7 @@ from bench.data import create_dataset
 from bench.methods.mae import MaskedAutoencoderViT
 from bench.study.config import resolve
 from bench.study.run_ids import hashed_part, run_id
-from bench.train import evals, finetune_recipe
+from bench.train import evals, features, finetune_recipe
 from bench.train.finetune_recipe import FinetuneRecipe
 from conftest import TINY_BASE
 from test_videomae import clip_set, synthetic_is_video, video_cfg  # noqa: F401  (a fixture)
@@ -107,7 +107,7 @@ def test_rand_augment_differs_per_sample_and_repeats_for_the_same_step(data):
                             train, 16, 0)
     images, y = next(train.batches(64, shuffle=False))
     images = images[:1].expand(64, -1, -1, -1).contiguous()  # one image 64 times
-    plain = evals._inputs(images, "none", 16, train, None)
+    plain = features.eval_inputs(images, "none", 16, train, None)
     x, same_y = recipe(images, y, None, 0, 3)
     assert torch.equal(same_y, y)
     changed = (x - plain).flatten(1).abs().amax(1) > 1e-3
@@ -123,7 +123,7 @@ def test_random_erasing_erases_about_reprob_of_the_samples(data):
     train = data[0]
     recipe = FinetuneRecipe(_cfg(augmentation="none", reprob=0.25)["evals"]["finetune"], train, 16, 0)
     images, y = next(train.batches(512, shuffle=False))
-    plain = evals._inputs(images, "none", 16, train, None)
+    plain = features.eval_inputs(images, "none", 16, train, None)
     erased = [(recipe(images, y, None, 0, step)[0] != plain).flatten(1).any(1).float().mean().item()
               for step in range(4)]
     assert 0.18 <= sum(erased) / 4 <= 0.32
@@ -153,7 +153,7 @@ def test_clips_get_the_recipe_with_one_draw_per_clip(synthetic_is_video):  # noq
     assert all(torch.equal(x[:, :, t], x[:, :, 0]) for t in range(4))  # the clip's ops on each frame
     erase = FinetuneRecipe({**cfg["evals"]["finetune"], "reprob": 1.0, "mixup": 0.0, "cutmix": 0.0,
                             "rand_augment": None, "augmentation": "none"}, train, 32, 0)
-    plain = evals._inputs(still, "none", 32, train, None)
+    plain = features.eval_inputs(still, "none", 32, train, None)
     boxes = (erase(still, train.labels[:8], None, 0, 0)[0] != plain).any(1)  # B×T×H×W
     assert all(torch.equal(boxes[:, t], boxes[:, 0]) for t in range(4)) and boxes.any()
     from bench.train.pretrain import random_init_encoder_state

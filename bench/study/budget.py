@@ -12,7 +12,7 @@ images × epochs, with a step that trains counted as 3 × its forward (forward +
     linear_probe  encoder × (train + test images) with augmentation none (features computed once),
                   else encoder × train images × epochs + encoder × test images (frozen: no backward)
     knn           encoder × (train + test images); 0 when the probe's cached features are its own
-                  (bench.train.evals.probe_and_knn_share_features: extracted once)
+                  (bench.study.config.probe_and_knn_share_features: extracted once)
 
 where `encoder` is flops_per_image(0.0)["encoder"], the encoder with every patch visible (MAE's
 encoder at ratio 0 sees all of them; the masked-ViT and Swin encoders always do; SparK's dense

@@ -49,12 +49,11 @@ from torch import nn
 
 from bench.core.errors import NonFiniteError, require_finite
 from bench.core.registry import Registry
-from bench.data.augment import augment, normalize
 from bench.data.datasets import batch_order
 from bench.data.shards import share
 from bench.methods import create_method
 from bench.train import distributed
-from bench.train.features import extract_features, features_of, frozen_features
+from bench.train.features import eval_inputs, extract_features, features_of, frozen_features
 from bench.train.finetune_recipe import FinetuneRecipe
 from bench.train.optim import LARS, layer_decay_groups, lr_at, scaled_lr, set_lr
 from bench.train.parts import PartPool, batch_backward, row_draws, step_draws, use_row_drop_path
@@ -122,13 +121,6 @@ def build_encoder(cfg: dict, encoder_state: dict, num_classes: int, in_chans: in
     if cfg.get("baseline") == "raw_pixels":
         return RawPixels(num_classes, in_chans, cfg["data"]["img_size"], cfg["data"].get("frames"))
     return create_method(cfg["method"]).eval_encoder(cfg, encoder_state, num_classes, in_chans, feature, drop_path)
-
-
-def _inputs(images: torch.Tensor, preset: str, img_size: int, dataset, gen,
-            rows: tuple[int, slice] | None = None) -> torch.Tensor:
-    """`rows` = (n, rows): `images` are a DDP rank's rows of a batch of n (augment's `share`)."""
-    return normalize(augment(images, preset, img_size, gen, share=rows, cropped=dataset.crops_in_loader),
-                     dataset.mean, dataset.std)
 
 
 def _check_batch(batch_size: int, rank: distributed.Rank, key: str) -> None:
@@ -212,7 +204,7 @@ def linear_probe(cfg: dict, encoder_state: dict, train_set, test_set, device,
             batches = ((train_feats[idx], train_labels[idx]) for idx in order.split(batch_size)
                        if len(idx) == batch_size)
         else:  # under DDP each rank runs the encoder on its share; every rank's head sees the whole batch
-            batches = ((gather(vit.features(_inputs(images, ecfg["augmentation"], img_size, train_set, gen, rows))),
+            batches = ((gather(vit.features(eval_inputs(images, ecfg["augmentation"], img_size, train_set, gen, rows))),
                         gather(y))
                        for images, y in train_set.batches(batch_size, shuffle=True, seed=cfg["seed"], epoch=epoch,
                                                           drop_last=True, device=device, shard=(rank.rank, rank.world),
@@ -319,7 +311,7 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
         else:
             loader = train_set.batches(batch_size, shuffle=True, seed=cfg["seed"] + 1, epoch=epoch, drop_last=True,
                                        device=device, shard=shard, augmentation=ecfg["augmentation"])
-            batches = ((_inputs(images, ecfg["augmentation"], img_size, train_set, gen, of_batch), y,
+            batches = ((eval_inputs(images, ecfg["augmentation"], img_size, train_set, gen, of_batch), y,
                         _rows(step_draws(drop_layers, batch_size, gen, device), rows)) for images, y in loader)
         losses, seen, lr = _train_epoch(
             optimizer, batches, backward,
@@ -335,7 +327,7 @@ def finetune(cfg: dict, encoder_state: dict, train_set, test_set, device,
         for images, y in test_set.batches(512, shuffle=False, seed=0, drop_last=False, device=device, shard=shard):
             if not len(y):  # a share of a last batch smaller than the world
                 continue
-            x = _inputs(images, "none", img_size, test_set, None)
+            x = eval_inputs(images, "none", img_size, test_set, None)
             logits = pool.map(lambda lo, hi: vit(x[lo:hi]), len(x))
             finite &= torch.isfinite(logits).all()
             correct += top1(logits, y) * len(y) / 100.0

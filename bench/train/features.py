@@ -1,6 +1,7 @@
 """The frozen encoder's features: extracted once per image, split over CPU threads and sharded
 under DDP, and handed from one eval of a run to the next when they read the same ones.
 
+    eval_inputs       a uint8 batch as the encoder reads it: the eval's augmentation, then normalised
     features_of       a batch's pooled features, one sub-batch per thread (bench.train.parts.PartPool)
     extract_features  every image's features and labels, in the dataset's order (gathered under DDP)
     frozen_features   the train and test sets' features for an eval, extracted once for the linear
@@ -16,6 +17,13 @@ from bench.data.augment import augment, normalize
 from bench.study.config import probe_and_knn_share_features
 from bench.train import distributed
 from bench.train.parts import PartPool
+
+
+def eval_inputs(images: torch.Tensor, preset: str, img_size: int, dataset, gen,
+                rows: tuple[int, slice] | None = None) -> torch.Tensor:
+    """`rows` = (n, rows): `images` are a DDP rank's rows of a batch of n (augment's `share`)."""
+    return normalize(augment(images, preset, img_size, gen, share=rows, cropped=dataset.crops_in_loader),
+                     dataset.mean, dataset.std)
 
 
 def features_of(encoder, x: torch.Tensor, pool: PartPool) -> torch.Tensor:
@@ -35,8 +43,7 @@ def extract_features(encoder, dataset, img_size: int, batch_size: int, device) -
     for k, (images, y) in enumerate(dataset.batches(batch_size, shuffle=False, seed=0, drop_last=False,
                                                     device=device, shard=(rank.rank, rank.world))):
         n = min(batch_size, len(dataset) - k * batch_size)  # the batch this share was cut from
-        x = normalize(augment(images, "none", img_size, None, cropped=dataset.crops_in_loader),
-                      dataset.mean, dataset.std)
+        x = eval_inputs(images, "none", img_size, dataset, None)
         f = features_of(encoder, x, pool) if len(y) else torch.zeros(0, encoder.num_features, device=x.device)
         feats.append(distributed.gather_share(f, n, rank))
         labels.append(distributed.gather_share(y, n, rank))
