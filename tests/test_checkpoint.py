@@ -80,12 +80,16 @@ def test_periodic_checkpoints_and_resume_after_a_kill(tmp_path, tiny_base):
     from bench.train.checkpoint import Checkpointer
     from bench.data import create_dataset
     import torch
-    torch.set_num_threads(1)
-    ckpt = Checkpointer(folder.checkpoint_path, every_epochs=1)
-    train = create_dataset(config["data"], "train")
-    with pytest.raises(Killed):
-        bench.train.pretrain.pretrain(config, train, torch.device("cpu"), log_then_die, ckpt)
-    # the epoch-2 line was logged before its checkpoint: resume keeps only what the checkpoint covers
-    assert torch.load(folder.checkpoint_path, weights_only=False)["epoch"] == 1
-    run_one(config, "s", str(root), launch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a run launched one thread each; restored for the tests after this one
+    try:
+        ckpt = Checkpointer(folder.checkpoint_path, every_epochs=1)
+        train = create_dataset(config["data"], "train")
+        with pytest.raises(Killed):
+            bench.train.pretrain.pretrain(config, train, torch.device("cpu"), log_then_die, ckpt)
+        # the epoch-2 line was logged before its checkpoint: resume keeps only what the checkpoint covers
+        assert torch.load(folder.checkpoint_path, weights_only=False)["epoch"] == 1
+        run_one(config, "s", str(root), launch)
+    finally:
+        torch.set_num_threads(threads)
     assert losses_and_accuracy(root, config) == expected
