@@ -64,17 +64,24 @@ def versus_baseline(table_samples: list[dict], baselines: pd.DataFrame, metrics:
     return out
 
 
-def margins(settings: pd.DataFrame, baselines: pd.DataFrame, axes: list[str]) -> list[str]:
-    """Per eval, one line: each setting's margin over the random-init baseline's mean, and which
-    settings beat it by a resolved margin (Welch, Holm-corrected across the settings)."""
+def _settings_against_reference(settings: pd.DataFrame, baselines: pd.DataFrame, axes: list[str]):
+    """(labels, per-setting samples, metrics, per-eval verdicts) of the study's settings against the
+    random-init baseline, grouped by `axes` (the study as one setting without them)."""
     keys = [a for a in axes if a in settings] or None
     groups = list(settings.groupby(keys, sort=False, dropna=False)) if keys else [(settings.attrs.get("study", "the study"), settings)]
     metrics = present_metrics(settings)
     samples = [{name: runs[col].dropna().to_numpy(dtype=float) if col in runs else np.array([])
                 for name, (col, _) in metrics.items()} for _, runs in groups]
     labels = [", ".join(map(str, g if isinstance(g, tuple) else (g,))) for g, _ in groups]
+    return labels, samples, metrics, versus_baseline(samples, baselines, metrics)
+
+
+def margins(settings: pd.DataFrame, baselines: pd.DataFrame, axes: list[str]) -> list[str]:
+    """Per eval, one line: each setting's margin over the random-init baseline's mean, and which
+    settings beat it by a resolved margin (Welch, Holm-corrected across the settings)."""
+    labels, samples, metrics, all_verdicts = _settings_against_reference(settings, baselines, axes)
     lines = []
-    for name, verdicts in versus_baseline(samples, baselines, metrics).items():
+    for name, verdicts in all_verdicts.items():
         column, label = metrics[name]
         reference = baseline_values(baselines, REFERENCE, column)
         have = [i for i, v in enumerate(verdicts) if v]
@@ -86,6 +93,21 @@ def margins(settings: pd.DataFrame, baselines: pd.DataFrame, axes: list[str]) ->
                    f"not above it by a resolved margin: {'; '.join(behind)}")
         lines.append(f"- {label}: margin over random init {min(deltas):+.1f} to {max(deltas):+.1f} points; {verdict}.")
     return lines
+
+
+def marks_footnote(settings: pd.DataFrame, baselines: pd.DataFrame, axes: list[str]) -> str:
+    """The ‡ footnote, only when a setting is marked; its one-seed clause only when a setting or the
+    reference baseline of a marked eval has a single seed (then nothing can be resolved)."""
+    _, samples, metrics, all_verdicts = _settings_against_reference(settings, baselines, axes)
+    marked = [name for name, verdicts in all_verdicts.items() if "not above" in verdicts]
+    if not marked:
+        return ""
+    text = (f"‡: not above the {LABELS[REFERENCE].split(',')[0]} baseline of the same eval by a resolved margin "
+            "(Welch's t-test, Holm-corrected across the settings)")
+    single = any(len(baseline_values(baselines, REFERENCE, metrics[name][0])) == 1
+                 or any(len(s[name]) == 1 for s in samples) for name in marked)
+    return text + ("; with one seed on either side no margin can be resolved, so such a setting is marked."
+                   if single else ".")
 
 
 def format_baselines(baselines: pd.DataFrame, settings: pd.DataFrame | None = None,
@@ -109,9 +131,8 @@ def format_baselines(baselines: pd.DataFrame, settings: pd.DataFrame | None = No
         lines.append(md_row(cells + [str(len(runs))]))
     if settings is not None and not settings.empty:
         lines += [""] + margins(settings, baselines, list(axes or []))
-    lines += ["", f"‡: not above the {LABELS[REFERENCE].split(',')[0]} baseline of the same eval by a resolved margin "
-              "(Welch's t-test, Holm-corrected across the settings); with one seed on either side no margin "
-              "can be resolved, so every setting is marked."]
+        footnote = marks_footnote(settings, baselines, list(axes or []))
+        lines += ["", footnote] if footnote else []
     return "\n".join(lines) + "\n"
 
 
