@@ -259,7 +259,7 @@ def _speed_report(preset, batch, ratio, device, steps, img_size, channels, compi
         per_image = gflops["pretrain"] if kind.name.startswith("pretrain") else gflops.get(kind.name)
         if per_image is not None:  # the work a step does, 3 × forward for a train step
             row["gflop_per_image"] = float(f"{per_image:.6g}")
-            row["gflop_per_s"] = round(row["images_per_s"] * per_image, 2)
+            row["gflop_per_s"] = float(f"{row['images_per_s'] * per_image:.4g}")  # 4 significant figures
             if not kind.name.startswith("pretrain"):  # an eval's GFLOP/s against the pre-training step's
                 row["gflop_per_s_to_pretrain"] = ratio(kind, fast, per_image / gflops["pretrain"])
         if kind.name == "linear_probe_step_cached":
