@@ -76,10 +76,11 @@ def _settings_against_reference(settings: pd.DataFrame, baselines: pd.DataFrame,
     return labels, samples, metrics, versus_baseline(samples, baselines, metrics)
 
 
-def margins(settings: pd.DataFrame, baselines: pd.DataFrame, axes: list[str]) -> list[str]:
+def margins(baselines: pd.DataFrame, against: tuple) -> list[str]:
     """Per eval, one line: each setting's margin over the random-init baseline's mean, and which
-    settings beat it by a resolved margin (Welch, Holm-corrected across the settings)."""
-    labels, samples, metrics, all_verdicts = _settings_against_reference(settings, baselines, axes)
+    settings beat it by a resolved margin (Welch, Holm-corrected across the settings); `against`
+    is _settings_against_reference's answer."""
+    labels, samples, metrics, all_verdicts = against
     lines = []
     for name, verdicts in all_verdicts.items():
         column, label = metrics[name]
@@ -95,10 +96,10 @@ def margins(settings: pd.DataFrame, baselines: pd.DataFrame, axes: list[str]) ->
     return lines
 
 
-def marks_footnote(settings: pd.DataFrame, baselines: pd.DataFrame, axes: list[str]) -> str:
+def marks_footnote(baselines: pd.DataFrame, against: tuple) -> str:
     """The ‡ footnote, only when a setting is marked; its one-seed clause only when a setting or the
     reference baseline of a marked eval has a single seed (then nothing can be resolved)."""
-    _, samples, metrics, all_verdicts = _settings_against_reference(settings, baselines, axes)
+    _, samples, metrics, all_verdicts = against
     marked = [name for name, verdicts in all_verdicts.items() if "not above" in verdicts]
     if not marked:
         return ""
@@ -130,8 +131,9 @@ def format_baselines(baselines: pd.DataFrame, settings: pd.DataFrame | None = No
                          if len(values) else MISSING)
         lines.append(md_row(cells + [str(len(runs))]))
     if settings is not None and not settings.empty:
-        lines += [""] + margins(settings, baselines, list(axes or []))
-        footnote = marks_footnote(settings, baselines, list(axes or []))
+        against = _settings_against_reference(settings, baselines, list(axes or []))  # the tests, once
+        lines += [""] + margins(baselines, against)
+        footnote = marks_footnote(baselines, against)
         lines += ["", footnote] if footnote else []
     return "\n".join(lines) + "\n"
 
