@@ -21,6 +21,7 @@ from bench.methods.mae import MaskedAutoencoderViT
 from bench.study.config import resolve
 from bench.targets import create_target
 from bench.targets.tokenizer import train_tokenizer
+from bench.train import distributed
 
 
 def test_require_finite_names_phase_epoch_and_step():
@@ -88,7 +89,7 @@ def _ddp_rank(rank: int, init_file: str, tiny_base: dict, queue) -> None:
     except NonFiniteError as err:
         queue.put((rank, str(err), len(calls)))
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown()
 
 
 def test_a_nan_on_one_ddp_rank_stops_every_rank(tiny_base, tmp_path):

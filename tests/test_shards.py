@@ -14,6 +14,7 @@ from bench.data.augment import augment
 from bench.data.streaming import ImageFolderSet
 from bench.data.shards import share, step_rows
 from bench.study.config import resolve
+from bench.train import distributed
 from bench.train.pretrain import pretrain
 from conftest import TINY_BASE
 
@@ -87,7 +88,7 @@ def _rank(rank: int, init_file: str, out: str) -> None:
         if rank == 0:
             torch.save({"state": model.state_dict(), "loss": info["final_loss"]}, out)
     finally:
-        dist.destroy_process_group()
+        distributed.shutdown()
 
 
 def test_two_gloo_ranks_pretrain_as_one_process(tmp_path):

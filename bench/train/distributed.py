@@ -15,6 +15,7 @@ other ranks by `from_main`, so that every rank goes through the same collectives
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -60,7 +61,13 @@ def init_from_submitit(device_type: str) -> Rank:
 
 
 def shutdown() -> None:
+    """Leave the process group. After a clean finish every rank first meets the others at a barrier:
+    a gloo rank that tears down while a peer still holds its connection can abort that peer
+    ("terminate called without an active exception", exit -6). With an exception in flight there is
+    no barrier, since a peer that died would leave it waiting for ever."""
     if dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
