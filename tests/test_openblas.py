@@ -1,5 +1,6 @@
-"""Linear layers on numpy's OpenBLAS (bench.train.openblas): the same numbers as torch's nn.Linear,
-forward and backward, split over threads or not; taken only on one CPU thread in fp32."""
+"""Linear layers and attention on numpy's OpenBLAS (bench.train.openblas): the same numbers as torch's
+nn.Linear and timm's attention, forward and backward, split over threads or not; taken only on one
+CPU thread in fp32."""
 import copy
 
 import pytest
@@ -113,3 +114,72 @@ def test_a_split_pretraining_step_on_openblas_has_torchs_loss_and_gradient(monke
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _attention_grads(attn: nn.Module, x: torch.Tensor, g: torch.Tensor, rows: torch.Tensor | None = None):
+    x = x.clone().requires_grad_()
+    y = attn(x) if rows is None else attn.forward_rows(x, rows)
+    y.backward(g)
+    return y, x.grad, {n: p.grad.clone() for n, p in attn.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", ["timm", "bench"])
+def test_openblas_attention_gives_timms_output_and_gradients(one_thread, kind):
+    from timm.models.vision_transformer import Attention as TimmAttention
+    from bench.methods.mae import Attention
+    torch.manual_seed(0)
+    ref = (TimmAttention if kind == "timm" else Attention)(48, num_heads=3, qkv_bias=True)
+    ours = copy.deepcopy(ref)
+    assert openblas.use_openblas_linear(ours) == 2  # qkv and proj
+    ours = openblas.OpenBlasAttention.of(ours)
+    x, g = torch.randn(5, 11, 48), torch.randn(5, 11, 48)
+    assert ours.takes(x)
+    (y_ref, dx_ref, dp_ref), (y, dx, dp) = _attention_grads(ref, x, g), _attention_grads(ours, x, g)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-6)
+    for name in dp_ref:
+        torch.testing.assert_close(dp[name], dp_ref[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_openblas_attention_at_query_rows_gives_bench_attentions(one_thread):
+    from bench.methods.mae import Attention
+    torch.manual_seed(1)
+    ref = Attention(32, num_heads=4, qkv_bias=True)
+    ours = openblas.OpenBlasAttention.of(copy.deepcopy(ref))
+    ours.qkv = OpenBlasLinear.of(ours.qkv)
+    x, rows = torch.randn(3, 9, 32), torch.tensor([[0, 4, 8], [1, 2, 3], [8, 7, 0]])
+    g = torch.randn(3, 3, 32)
+    (y_ref, dx_ref, dp_ref), (y, dx, dp) = _attention_grads(ref, x, g, rows), _attention_grads(ours, x, g, rows)
+    assert y.shape == (3, 3, 32)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-6)
+    for name in dp_ref:
+        torch.testing.assert_close(dp[name], dp_ref[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_openblas_attention_leaves_other_calls_to_timm(one_thread, monkeypatch):
+    from bench.methods.mae import Attention
+    ours = openblas.OpenBlasAttention.of(Attention(16, num_heads=2))
+    calls = []
+    monkeypatch.setattr(openblas._AttentionByNumpy, "apply", lambda *a: calls.append(a) or None)
+    x = torch.randn(2, 5, 16)
+    torch.set_num_threads(2)  # a whole batch on two threads: torch's fused attention
+    assert not ours.takes(x) and ours(x).shape == (2, 5, 16)
+    torch.set_num_threads(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ours(x).shape == (2, 5, 16)
+    assert not ours.takes(x.double()) and not calls
+
+
+def test_use_openblas_swaps_every_attention_and_keeps_its_parameters():
+    from bench.methods import create_method
+    from bench.benchmarks.steps import speed_config
+    cfg = speed_config("mae_vit_tiny_patch4", 16, 8, 0.75, "fp32")
+    model = create_method("mae").build_model(cfg, 3, create_target("pixel"))
+    params, keys = dict(model.named_parameters()), list(model.state_dict())
+    counts = openblas.use_openblas(model)
+    attentions = [m for m in model.modules() if isinstance(m, openblas.OpenBlasAttention)]
+    assert counts["attention"] == len(attentions) == cfg["model"]["depth"] + cfg["model"]["decoder_depth"]
+    assert counts["linear"] > 0 and all(isinstance(a.qkv, OpenBlasLinear) for a in attentions)
+    assert list(model.state_dict()) == keys
+    assert all(p is params[n] for n, p in model.named_parameters())

@@ -52,7 +52,7 @@ from bench.benchmarks.official_mae import plain_pretrain_kind
 from bench.benchmarks.timing import MIN_WINDOW_S, Cycle, Kind, measure
 from bench.data.datasets import ImageSet, make_synthetic
 from bench.study.config import resolve, set_dotted
-from bench.train.openblas import OpenBlasLinear
+from bench.train.openblas import OpenBlasAttention, OpenBlasLinear
 from bench.train.optim import scaled_lr, weight_decay_groups
 from bench.train.pretrain import SplitStep, build_pretraining, epoch_generator
 
@@ -109,7 +109,7 @@ def _flavour(optimizer: torch.optim.Optimizer) -> str:
 
 def fast_pretrain_kind(cfg: dict, train_set: ImageSet, device: torch.device, state: dict, compile: bool = False, *,
                        fused: bool = True, full_pred: bool = False, data: bool = True, split: bool = True,
-                       openblas: bool = True, name: str | None = None) -> Kind:
+                       openblas: tuple[str, ...] = ("linear", "attention"), name: str | None = None) -> Kind:
     """bench.train.pretrain's step, built by build_pretraining(cfg, ...) and called as the pre-training
     loop calls it, `step(uint8 images, lr, generator)`, on batches cut from `train_set` on the device.
 
@@ -119,8 +119,9 @@ def fast_pretrain_kind(cfg: dict, train_set: ImageSet, device: torch.device, sta
       full_pred=True  step.full_pred: the decoder predicts all patches.
       split=False     step.split_step replaced by SplitStep(model, 1): one forward and backward of
                       the whole batch, not one sub-batch per CPU thread.
-      openblas=False  built with build_pretraining(openblas=False): the linear layers' products on
-                      torch's own sgemm, not numpy's OpenBLAS (bench.train.openblas).
+      openblas=(...)  built with build_pretraining(openblas=...) less "linear" or "attention": the
+                      linear layers' products on torch's own sgemm, or attention by torch's fused
+                      kernel, not numpy's OpenBLAS (bench.train.openblas).
       data=False      the same uint8 batch every step, with data.augmentation 'none' in the config:
                       no batch gather and no crop. What cannot go through the step: it still turns
                       the uint8 batch into floats and normalises it every step (two element-wise
@@ -155,6 +156,7 @@ def fast_pretrain_kind(cfg: dict, train_set: ImageSet, device: torch.device, sta
     masked = masking.num_masked(length, cfg["masking"]["ratio"])
     kind.info = {"step": "bench.train.pretrain.PretrainStep (build_pretraining)",
                  "openblas_linears": sum(isinstance(m, OpenBlasLinear) for m in model.modules()),
+                 "openblas_attentions": sum(isinstance(m, OpenBlasAttention) for m in model.modules()),
                  "data": "uint8 batches on the device, batched crop_rand (affine_grid + grid_sample)" if data
                  else "one uint8 batch, augmentation none", "optimizer": f"AdamW ({_flavour(step.optimizer)})",
                  "step_parts": step.split_step.parts, "precision": pcfg["precision"],
@@ -171,7 +173,8 @@ def ablation_kinds(cfg: dict, train_set: ImageSet, device: torch.device, workers
         fast(fused=False, name="ablation:fast_default_adamw"),
         fast(full_pred=True, name="ablation:fast_full_pred"),
         fast(split=False, name="ablation:fast_unsplit"),
-        fast(openblas=False, name="ablation:fast_torch_linear"),
+        fast(openblas=("attention",), name="ablation:fast_torch_linear"),
+        fast(openblas=("linear",), name="ablation:fast_torch_attention"),
     ]
     if cfg["pretrain"]["precision"] != "fp32":
         kinds.append(fast_pretrain_kind(_with(cfg, {"pretrain.precision": "fp32"}), train_set, device, state,

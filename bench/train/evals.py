@@ -56,7 +56,7 @@ from bench.train import distributed
 from bench.train.features import eval_inputs, extract_features, features_of, frozen_features
 from bench.train.finetune_recipe import FinetuneRecipe
 from bench.train.optim import LARS, layer_decay_groups, lr_at, scaled_lr, set_lr
-from bench.train.openblas import use_openblas_linear
+from bench.train.openblas import use_openblas
 from bench.train.parts import PartPool, batch_backward, row_draws, step_draws, use_row_drop_path
 from bench.train.pretrain import epoch_generator
 
@@ -122,7 +122,7 @@ def build_encoder(cfg: dict, encoder_state: dict, num_classes: int, in_chans: in
     if cfg.get("baseline") == "raw_pixels":
         return RawPixels(num_classes, in_chans, cfg["data"]["img_size"], cfg["data"].get("frames"))
     encoder = create_method(cfg["method"]).eval_encoder(cfg, encoder_state, num_classes, in_chans, feature, drop_path)
-    use_openblas_linear(encoder)  # one CPU thread per part: the products on OpenBLAS (bench.train.openblas)
+    use_openblas(encoder)  # one CPU thread per part: linear layers and attention on OpenBLAS (bench.train.openblas)
     return encoder
 
 

@@ -33,7 +33,7 @@ from bench.train import distributed
 from bench.train.checkpoint import Checkpointer
 from bench.train.optim import (lr_at, pretrain_optimizer, scaled_lr, set_lr, set_weight_decay, weight_decay_at,
                                weight_decay_groups)
-from bench.train.openblas import use_openblas_linear
+from bench.train.openblas import use_openblas
 from bench.train.parts import PartPool, batch_backward, row_draws, step_draws, use_row_drop_path
 
 
@@ -139,10 +139,11 @@ class PretrainStep:
 
 
 def build_pretraining(cfg: dict, train_set, device: torch.device, cache_dir=None, compile: bool = False,
-                      world: int = 1, rank: int = 0, openblas: bool = True):
+                      world: int = 1, rank: int = 0, openblas: tuple[str, ...] = ("linear", "attention")):
     """The method's model, its optimiser and the step that trains it, as `cfg` describes them.
-    openblas: the linear layers' products on numpy's OpenBLAS where a part runs on one CPU thread
-    (bench.train.openblas; not under compile); False only to measure what that is worth."""
+    openblas: what goes on numpy's OpenBLAS where a part runs on one CPU thread, the linear layers'
+    products and attention (bench.train.openblas; nothing under compile); less only to measure what
+    that is worth."""
     pcfg = cfg["pretrain"]
     torch.manual_seed(cfg["seed"])
     target = with_loss(create_target(pcfg["target"], pcfg["target_params"], train_set=train_set, cfg=cfg,
@@ -153,8 +154,8 @@ def build_pretraining(cfg: dict, train_set, device: torch.device, cache_dir=None
     optimizer = pretrain_optimizer(pcfg.get("optimizer", "adamw"), weight_decay_groups(model, pcfg["weight_decay"]),
                                    base_lr, (pcfg["beta1"], pcfg["beta2"]))
     drop_layers = use_row_drop_path(model)  # stochastic depth drawn per sample from the step's generator
-    if openblas and not compile:
-        use_openblas_linear(model)
+    if not compile:
+        use_openblas(model, openblas)
     batch_size = min(pcfg["batch_size"], len(train_set))
     if batch_size % (world * pcfg.get("accum_iter", 1)):
         raise ValueError(f"pretrain.batch_size {batch_size} does not split over {world} processes x "
