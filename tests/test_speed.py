@@ -317,7 +317,8 @@ def test_speed_report_ablations_run_through_the_real_step():
     by_kind = {r["kind"]: r["config"] for r in rows}
     assert list(by_kind) == ["pretrain_official", "pretrain_plain", "pretrain_fast", "ablation:plain_without_data",
                              "ablation:fast_without_data", "ablation:fast_default_adamw", "ablation:fast_full_pred",
-                             "ablation:fast_unsplit", "ablation:fast_torch_linear", "ablation:fast_fp32"]
+                             "ablation:fast_unsplit", "ablation:fast_torch_linear", "ablation:fast_torch_attention",
+                             "ablation:fast_fp32"]
     assert all(c["step"].startswith("bench.train.pretrain.PretrainStep")
                for k, c in by_kind.items() if k.startswith(("pretrain_fast", "ablation:fast")))
     assert by_kind["ablation:fast_default_adamw"]["optimizer"] == "AdamW (default)"
@@ -325,6 +326,7 @@ def test_speed_report_ablations_run_through_the_real_step():
     assert by_kind["ablation:fast_unsplit"]["step_parts"] == 1
     linears = (2 + 1) * 4 + 2  # (2 encoder + 1 decoder blocks) x qkv, proj, fc1, fc2; decoder embed, prediction
     assert by_kind["pretrain_fast"]["openblas_linears"] == linears and by_kind["ablation:fast_torch_linear"]["openblas_linears"] == 0
+    assert by_kind["pretrain_fast"]["openblas_attentions"] > 0 == by_kind["ablation:fast_torch_attention"]["openblas_attentions"]
     assert by_kind["pretrain_fast"]["precision"] == "bf16" and by_kind["ablation:fast_fp32"]["precision"] == "fp32"
 
 
