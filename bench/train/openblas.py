@@ -119,13 +119,18 @@ class OpenBlasLinear(nn.Linear):
 def use_openblas_linear(model: nn.Module) -> int:
     """Replace every nn.Linear in `model` (exactly that class) by an OpenBlasLinear sharing its
     parameters; returns how many (0 when numpy has no OpenBLAS)."""
+    return _swap(model, (nn.Linear,), OpenBlasLinear.of)
+
+
+def _swap(model: nn.Module, kinds: tuple[type, ...], make) -> int:
+    """Replace every child of exactly a class in `kinds` by make(child); how many (0 without OpenBLAS)."""
     if not openblas_ready():
         return 0
     count = 0
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if type(child) is nn.Linear:
-                setattr(module, name, OpenBlasLinear.of(child))
+            if type(child) in kinds:
+                setattr(module, name, make(child))
                 count += 1
     return count
 
@@ -232,15 +237,7 @@ class OpenBlasAttention(Attention):
 def use_openblas_attention(model: nn.Module) -> int:
     """Replace every attention of timm's or bench.methods.mae's class (exactly those) in `model` by an
     OpenBlasAttention sharing its parameters; returns how many (0 when numpy has no OpenBLAS)."""
-    if not openblas_ready():
-        return 0
-    count = 0
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) in (TimmAttention, Attention):
-                setattr(module, name, OpenBlasAttention.of(child))
-                count += 1
-    return count
+    return _swap(model, (TimmAttention, Attention), OpenBlasAttention.of)
 
 
 def use_openblas(model: nn.Module, layers: tuple[str, ...] = ("linear", "attention")) -> dict:
